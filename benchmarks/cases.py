@@ -1,0 +1,111 @@
+"""What the suite measures: one Case per op × direction × dtype × shape.
+
+A case knows the minimum bytes its op must move (each input read once, each output written
+once) and builds, on demand, one zero-argument function per implementation.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import torch
+
+import pyops  # noqa: F401  (registers torch.ops.pyops)
+
+aten = torch.ops.aten
+ops = torch.ops.pyops
+
+
+@dataclasses.dataclass
+class Config:
+    device: str
+    dtypes: list
+    peers: list          # besides pyops: "torch" always, "torch.compile" with --compile
+    size_filter: set     # shape labels to keep; empty keeps all
+    quick: bool
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    direction: str       # "fwd", "bwd" or "fwd+bwd"
+    dtype: torch.dtype
+    shape: tuple
+    params: str          # op arguments that are not shape or dtype, e.g. "dim=1"
+    nbytes: int
+    build: Callable      # (Config) -> {implementation name: zero-argument function}
+
+    @property
+    def label(self):
+        return shape_label(self.shape)
+
+
+def shape_label(shape):
+    if len(shape) == 1 and shape[0] & (shape[0] - 1) == 0:
+        return f"2^{shape[0].bit_length() - 1}"
+    return "x".join(str(s) for s in shape)
+
+
+def _compiled(fn):
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def _with_peers(cfg, torch_fn, pyops_fn, args):
+    fns = {"torch": functools.partial(torch_fn, *args), "pyops": functools.partial(pyops_fn, *args)}
+    if "torch.compile" in cfg.peers:
+        fns["torch.compile"] = functools.partial(_compiled(torch_fn), *args)
+    return fns
+
+
+# ---- activations --------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    # name: (torch forward, torch backward from the output, pyops forward, pyops backward)
+    "sigmoid": (torch.sigmoid, aten.sigmoid_backward, ops.sigmoid, ops.sigmoid_backward),
+    "tanh": (torch.tanh, aten.tanh_backward, ops.tanh, ops.tanh_backward),
+    "relu": (torch.relu, lambda g, y: aten.threshold_backward(g, y, 0), ops.relu, ops.relu_backward),
+}
+
+
+def _activation_fwd(name, n, dtype, cfg):
+    torch_fwd, _, pyops_fwd, _ = ACTIVATIONS[name]
+    x = torch.randn(n, dtype=dtype, device=cfg.device)
+    return _with_peers(cfg, torch_fwd, pyops_fwd, (x,))
+
+
+def _activation_bwd(name, n, dtype, cfg):
+    torch_fwd, torch_bwd, _, pyops_bwd = ACTIVATIONS[name]
+    grad = torch.randn(n, dtype=dtype, device=cfg.device)
+    out = torch_fwd(torch.randn(n, dtype=dtype, device=cfg.device))
+    return _with_peers(cfg, torch_bwd, pyops_bwd, (grad, out))
+
+
+def activation_cases(cfg):
+    exponents = (16, 20) if cfg.quick else (16, 18, 20, 22, 24, 26)
+    for name in ACTIVATIONS:
+        for dtype in cfg.dtypes:
+            size = dtype.itemsize
+            for e in exponents:
+                n = 1 << e
+                yield Case(name, "fwd", dtype, (n,), "", 2 * n * size,
+                           functools.partial(_activation_fwd, name, n, dtype))
+                yield Case(name, "bwd", dtype, (n,), "", 3 * n * size,
+                           functools.partial(_activation_bwd, name, n, dtype))
+
+
+FAMILIES = {
+    "activations": (tuple(ACTIVATIONS), activation_cases),
+}
+
+
+def all_op_names():
+    return [name for names, _ in FAMILIES.values() for name in names]
+
+
+def select_cases(cfg, op_names):
+    for names, make_cases in FAMILIES.values():
+        if not set(names) & set(op_names):
+            continue
+        for case in make_cases(cfg):
+            if case.op in op_names and (not cfg.size_filter or case.label in cfg.size_filter):
+                yield case

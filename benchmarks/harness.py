@@ -1,0 +1,124 @@
+"""Measurement: median time, memory from the OS or the CUDA allocator, copy bandwidth."""
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import platform
+import subprocess
+import time
+
+import torch
+import torch.utils.benchmark as tbench
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, device, min_run_time):
+    """Median and interquartile range of fn's time in seconds, after warm-up."""
+    fn()
+    sync(device)
+    timer = tbench.Timer("fn()", globals={"fn": fn})
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return measurement.median, measurement.iqr
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def _can_reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_heap():
+    """Hands freed heap pages back to the OS, so the next allocations show in the RSS."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_extra_bytes(fn, device):
+    """Peak memory one call of fn takes beyond what was in use before it (outputs included).
+
+    CUDA: the caching allocator's peak. CPU: the OS's peak resident set size (VmHWM, reset through
+    /proc/self/clear_refs) over the resident size before the call, with freed heap pages handed
+    back first so that reused malloc memory is counted too. None where neither is available.
+    """
+    gc.collect()
+    if device == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated() - before
+        del result
+        return peak
+    _release_free_heap()
+    if not _can_reset_peak_rss():
+        return None
+    before = _status_kb("VmRSS")
+    result = fn()
+    peak = (_status_kb("VmHWM") - before) * 1024
+    del result
+    return max(peak, 0)
+
+
+def copy_bandwidth(device, nbytes=1 << 28, min_run_time=0.3):
+    """Bytes per second of dst.copy_(src) (read + write) into an existing buffer."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    median, _ = time_fn(lambda: dst.copy_(src), device, min_run_time)
+    return 2 * nbytes / median
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine_info(device):
+    import pyops
+
+    info = {
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyops": pyops.__version__,
+        "pyops_cpu_isa": pyops.build_info()["cpu_isa"],
+        "git_commit": _git_commit(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

@@ -1,0 +1,100 @@
+// Helpers shared by the CPU kernel families. Each CPU kernel library is compiled once per
+// instruction set (see setup.py), so everything here is inline and ISA-neutral in source.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <tuple>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+namespace pyops::cpu {
+
+// Asks Linux to back a fresh buffer with 2 MiB pages. A large new output otherwise costs one
+// page fault per 4 KiB on first write, which takes longer than the arithmetic; this is what
+// torch's own THP_MEM_ALLOC_ENABLE=1 does for every allocation.
+inline void advise_huge_pages(void* data, size_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{1} << 21;
+  if (nbytes < 2 * kHugePage) return;
+  const auto begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const auto end = (reinterpret_cast<uintptr_t>(data) + nbytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// at::empty_like for a kernel's output, with huge pages for large ones.
+inline at::Tensor output_like(const at::Tensor& like) {
+  auto out = at::empty_like(like);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
+  return out;
+}
+
+// Elementwise kernels walk memory linearly, which is valid for any non-overlapping dense
+// layout (contiguous, transposed, channels-last); anything else is made contiguous once.
+inline at::Tensor dense(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+}
+
+// `t` with exactly the strides of the dense tensor `like`, copied only when they differ.
+inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
+}
+
+inline void check_floating(const char* op, const at::Tensor& t) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
+              ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
+}
+
+inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Tensor& out) {
+  TORCH_CHECK(grad.sizes() == out.sizes(), op, ": grad and out must have the same shape, got ",
+              grad.sizes(), " and ", out.sizes());
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type(), op,
+              ": grad and out must have the same dtype, got ", grad.scalar_type(), " and ",
+              out.scalar_type());
+  TORCH_CHECK(grad.device() == out.device(), op,
+              ": grad and out must be on the same device, got ", grad.device(), " and ",
+              out.device());
+}
+
+template <typename scalar_t>
+inline at::vec::Vectorized<scalar_t> load(const scalar_t* p, int64_t count) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+}
+
+// out[i] = vec_fn(in0[i], in1[i], ...) for i < n. Half types are widened to float for vec_fn
+// and rounded once on store: ATen's own map() may compute them in 16 bits on some ISAs.
+template <typename scalar_t, typename VecFn, typename... Inputs>
+inline void vec_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const auto step = [&](int64_t i, int64_t count) {
+    if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+      const auto halves = std::make_tuple(at::vec::convert_to_float<scalar_t>(load(in + i, count))...);
+      const auto lo = std::apply([&](const auto&... h) { return vec_fn(std::get<0>(h)...); }, halves);
+      const auto hi = std::apply([&](const auto&... h) { return vec_fn(std::get<1>(h)...); }, halves);
+      at::vec::convert_from_float<scalar_t>(lo, hi).store(out + i, count);
+    } else {
+      vec_fn(load(in + i, count)...).store(out + i, count);
+    }
+  };
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) step(i, Vec::size());
+  if (i < n) step(i, n - i);
+}
+
+// vec_map over n elements, split across threads.
+template <typename scalar_t, typename VecFn, typename... Inputs>
+void parallel_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
+  at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+    vec_map(vec_fn, out + begin, end - begin, (in + begin)...);
+  });
+}
+
+}  // namespace pyops::cpu

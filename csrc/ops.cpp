@@ -1,0 +1,14 @@
+// The one list of pyops operators. Kernels register against these schemas per backend
+// (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels and autograd live in pyops/_autograd.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pyops, m) {
+  // Activations. Backward ops take the saved forward output, never the input.
+  m.def("sigmoid(Tensor self) -> Tensor");
+  m.def("sigmoid_backward(Tensor grad, Tensor out) -> Tensor");
+  m.def("tanh(Tensor self) -> Tensor");
+  m.def("tanh_backward(Tensor grad, Tensor out) -> Tensor");
+  m.def("relu(Tensor self) -> Tensor");
+  m.def("relu_(Tensor(a!) self) -> ()");
+  m.def("relu_backward(Tensor grad, Tensor out) -> Tensor");
+}

@@ -1,0 +1,32 @@
+// The Python module pyops._C: it carries the operator schemas (csrc/ops.cpp is linked in) and
+// the facts fixed at compile time, which pyops.build_info() reports.
+#include <Python.h>
+
+#include <torch/headeronly/version.h>
+
+#ifndef PYOPS_CUDA_ARCHS
+#define PYOPS_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "pyops compiled core", -1, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C() {
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+#ifdef WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddStringConstant(module, "torch_version", TORCH_VERSION) < 0 ||
+      PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_archs", PYOPS_CUDA_ARCHS) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

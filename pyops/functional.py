@@ -1,0 +1,48 @@
+"""Drop-in replacements for torch.nn.functional, backed by the pyops operators."""
+
+import torch
+
+ops = torch.ops.pyops
+
+__all__ = ["sigmoid", "tanh", "relu"]
+
+
+def _as_floating(input):
+    # torch promotes integer and bool inputs of sigmoid/tanh to the default float dtype.
+    if input.is_floating_point():
+        return input
+    if input.is_complex():
+        raise RuntimeError(f"pyops does not support complex inputs (got {input.dtype})")
+    return input.to(torch.get_default_dtype())
+
+
+def sigmoid(input):
+    return ops.sigmoid(_as_floating(input))
+
+
+def tanh(input):
+    return ops.tanh(_as_floating(input))
+
+
+class _ReluInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input):
+        ops.relu_(input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return ops.relu_backward(grad, out)
+
+
+def relu(input, inplace=False):
+    """torch.nn.functional.relu. Integer inputs stay integral, as in torch; bool raises."""
+    if not inplace:
+        return ops.relu(input)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _ReluInplace.apply(input)
+    ops.relu_(input)
+    return input

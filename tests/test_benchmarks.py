@@ -1,0 +1,56 @@
+"""The benchmark CLI: what it writes, not how fast anything is."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = {"op", "direction", "dtype", "shape", "params", "impl", "bytes", "median_s", "iqr_s",
+          "gbps", "pct_copy", "peak_extra_bytes", "ratio_vs_torch"}
+
+
+def run_bench(*args):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_quick_run_writes_results(tmp_path):
+    stdout = run_bench("--quick", "--ops", "relu,sigmoid", "--dtypes", "float32",
+                       "--sizes", "2^16", "--out", str(tmp_path))
+    assert "copy bandwidth" in stdout and "relu" in stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["copy_gbps"] > 0
+    assert {"cpu", "threads", "torch", "pyops", "git_commit"} <= set(results["machine"])
+    records = results["records"]
+    assert {(r["op"], r["direction"], r["impl"]) for r in records} == {
+        (op, d, impl) for op in ("relu", "sigmoid") for d in ("fwd", "bwd") for impl in ("torch", "pyops")}
+    for r in records:
+        assert FIELDS <= set(r)
+        assert r["shape"] == "2^16" and r["dtype"] == "float32"
+        assert r["median_s"] > 0 and r["gbps"] > 0 and r["peak_extra_bytes"] is not None
+    assert all(r["ratio_vs_torch"] == 1.0 for r in records if r["impl"] == "torch")
+    assert (tmp_path / "report.md").read_text().startswith("# pyops benchmark report")
+
+
+def test_compare_reports_changes(tmp_path):
+    run_bench("--quick", "--ops", "relu", "--dtypes", "float32", "--sizes", "2^16",
+              "--out", str(tmp_path))
+    old = json.loads((tmp_path / "results.json").read_text())
+    slower = json.loads(json.dumps(old))
+    for r in slower["records"]:
+        r["median_s"] *= 3
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(slower))
+    out = run_bench("--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json"))
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == len(old["records"]) and all(line.startswith("slower") for line in lines)
+    assert "no row moved" in run_bench("--compare", str(tmp_path / "old.json"), str(tmp_path / "old.json"))
+
+
+def test_unknown_op_is_rejected():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--ops", "nope"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown ops" in proc.stderr

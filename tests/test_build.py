@@ -1,0 +1,99 @@
+"""The build: build_info, per-ISA CPU libraries, the CMake op library."""
+
+import os
+import shutil
+import subprocess
+import sys
+import importlib.util
+
+import pytest
+import torch
+
+import pyops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK_SNIPPET = """
+import torch, pyops, pyops.functional as F
+x = torch.linspace(-20, 20, 1001, dtype=torch.float32).reshape(7, 143)
+print(pyops.build_info()["cpu_isa"])
+torch.save([F.sigmoid(x), F.tanh(x), F.relu(x), F.sigmoid(x.bfloat16())], {path!r})
+"""
+
+
+def test_build_info():
+    info = pyops.build_info()
+    assert info["pyops_version"] == pyops.__version__
+    assert info["torch_version_built"] == torch.__version__.split("+")[0]
+    assert info["cpu_isa"] in ("avx512", "avx2", "default")
+    assert isinstance(info["cuda"], bool)
+    assert info["cuda"] == bool(info["cuda_archs"])
+    assert info["num_threads"] == torch.get_num_threads()
+
+
+def _built_isas():
+    return [isa for isa in ("avx512", "avx2", "default") if importlib.util.find_spec(f"pyops._cpu_{isa}")]
+
+
+def test_isa_follows_torch_capability():
+    supported = torch.backends.cpu.get_cpu_capability().lower()
+    if supported in _built_isas():
+        assert pyops.build_info()["cpu_isa"] == supported
+
+
+def test_default_library_has_no_vector_extensions():
+    """The baseline library must run on any x86-64: no AVX (ymm/zmm) instructions in it."""
+    if not shutil.which("objdump") or "default" not in _built_isas():
+        pytest.skip("objdump or the baseline library is absent")
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 only")
+    path = importlib.util.find_spec("pyops._cpu_default").origin
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
+                         text=True, check=True).stdout
+    assert "%ymm" not in asm and "%zmm" not in asm
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "default"])
+def test_every_isa_library_gives_the_same_results(isa, tmp_path):
+    if isa not in _built_isas():
+        pytest.skip(f"the {isa} library was not built on this platform")
+    if isa == "avx512" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this CPU cannot run AVX-512")
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU cannot run AVX2")
+    out = tmp_path / "out.pt"
+    env = dict(os.environ, PYOPS_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, "-c", CHECK_SNIPPET.format(path=str(out))], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == isa
+    x = torch.linspace(-20, 20, 1001, dtype=torch.float32).reshape(7, 143)
+    expected = [torch.sigmoid(x), torch.tanh(x), torch.relu(x), torch.sigmoid(x.bfloat16())]
+    for got, want in zip(torch.load(out), expected):
+        torch.testing.assert_close(got, want, rtol=1e-6 if want.dtype == torch.float32 else 1.6e-2,
+                                   atol=1e-7)
+
+
+def test_unknown_forced_isa_is_a_clear_error():
+    env = dict(os.environ, PYOPS_CPU_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "import pyops"], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "PYOPS_CPU_ISA='sse9'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cmake_library_loads_in_a_fresh_process():
+    if not shutil.which("cmake"):
+        pytest.skip("cmake is not installed")
+    build = os.path.join(ROOT, "build", "cmake-test")
+    prefix = torch.utils.cmake_prefix_path
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", ROOT, "-B", build, *generator, f"-DCMAKE_PREFIX_PATH={prefix}"],
+                   check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", build, "--parallel", "2"], check=True, capture_output=True)
+    lib = os.path.join(build, "libpyops_ops.so")
+    code = (f"import torch; torch.ops.load_library({lib!r}); "
+            "print(torch.ops.pyops.sigmoid(torch.zeros(2)).tolist(), "
+            "torch.ops.pyops.relu(torch.tensor([-1.0, 2.0])).tolist())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0.5, 0.5] [0.0, 2.0]"
