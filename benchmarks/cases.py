@@ -93,8 +93,51 @@ def activation_cases(cfg):
                            functools.partial(_activation_bwd, name, n, dtype))
 
 
+# ---- softmax, log_softmax ------------------------------------------------------------------
+
+SOFTMAXES = {
+    # name: (torch forward, torch backward, pyops forward, pyops backward), all (…, dim)
+    "softmax": (torch.softmax, aten._softmax_backward_data, ops.softmax, ops.softmax_backward),
+    "log_softmax": (torch.log_softmax, aten._log_softmax_backward_data, ops.log_softmax,
+                    ops.log_softmax_backward),
+}
+SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1),
+                  ((256, 1024, 64), 1)]
+SOFTMAX_QUICK_SHAPES = [((256, 1024), -1), ((16, 256, 64), 1)]
+
+
+def _softmax_fwd(name, shape, dim, dtype, cfg):
+    torch_fwd, _, pyops_fwd, _ = SOFTMAXES[name]
+    x = torch.randn(shape, dtype=dtype, device=cfg.device)
+    return _with_peers(cfg, torch_fwd, pyops_fwd, (x, dim))
+
+
+def _softmax_bwd(name, shape, dim, dtype, cfg):
+    torch_fwd, torch_bwd, _, pyops_bwd = SOFTMAXES[name]
+    grad = torch.randn(shape, dtype=dtype, device=cfg.device)
+    out = torch_fwd(torch.randn(shape, dtype=dtype, device=cfg.device), dim)
+    fns = _with_peers(cfg, lambda g, y, d: torch_bwd(g, y, d, dtype), pyops_bwd, (grad, out, dim))
+    return fns
+
+
+def softmax_cases(cfg):
+    for name in SOFTMAXES:
+        for dtype in cfg.dtypes:
+            for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else SOFTMAX_SHAPES:
+                n = 1
+                for s in shape:
+                    n *= s
+                size = dtype.itemsize
+                params = f"dim={dim}"
+                yield Case(name, "fwd", dtype, shape, params, 2 * n * size,
+                           functools.partial(_softmax_fwd, name, shape, dim, dtype))
+                yield Case(name, "bwd", dtype, shape, params, 3 * n * size,
+                           functools.partial(_softmax_bwd, name, shape, dim, dtype))
+
+
 FAMILIES = {
     "activations": (tuple(ACTIVATIONS), activation_cases),
+    "softmax": (tuple(SOFTMAXES), softmax_cases),
 }
 
 

@@ -11,4 +11,10 @@ TORCH_LIBRARY(pyops, m) {
   m.def("relu(Tensor self) -> Tensor");
   m.def("relu_(Tensor(a!) self) -> ()");
   m.def("relu_backward(Tensor grad, Tensor out) -> Tensor");
+
+  // Softmax over one dim. Backward ops take the saved forward output.
+  m.def("softmax(Tensor self, int dim) -> Tensor");
+  m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor");
+  m.def("log_softmax(Tensor self, int dim) -> Tensor");
+  m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor");
 }

@@ -81,3 +81,66 @@ torch.library.register_autograd(
     "pyops::tanh_backward", _tanh_backward_backward, setup_context=_save_inputs)
 torch.library.register_autograd(
     "pyops::relu_backward", _relu_backward_backward, setup_context=_save_inputs)
+
+
+# ---- softmax, log_softmax -----------------------------------------------------------------
+
+for _name in ("softmax", "log_softmax"):
+    torch.library.register_fake(f"pyops::{_name}")(lambda x, dim: _fake_like(x))
+for _name in ("softmax_backward", "log_softmax_backward"):
+    torch.library.register_fake(f"pyops::{_name}")(lambda grad, out, dim: torch.empty_like(out))
+
+
+def _save_output_and_dim(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.dim = inputs[1]
+
+
+def _save_tensors_and_dim(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:-1])
+    ctx.dim = inputs[-1]
+
+
+def _softmax_family_backward(backward_op):
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return backward_op(grad, out, ctx.dim), None
+
+    return backward
+
+
+torch.library.register_autograd(
+    "pyops::softmax", _softmax_family_backward(ops.softmax_backward),
+    setup_context=_save_output_and_dim)
+torch.library.register_autograd(
+    "pyops::log_softmax", _softmax_family_backward(ops.log_softmax_backward),
+    setup_context=_save_output_and_dim)
+
+
+# softmax_backward(g, y) = y * (g - s), s = sum(g * y) over dim.
+def _softmax_backward_backward(ctx, gg):
+    grad, out = ctx.saved_tensors
+    dim = ctx.dim
+    d_grad = ops.softmax_backward(gg, out, dim) if ctx.needs_input_grad[0] else None
+    d_out = None
+    if ctx.needs_input_grad[1]:
+        s = (grad * out).sum(dim, keepdim=True)
+        d_out = gg * (grad - s) - grad * (gg * out).sum(dim, keepdim=True)
+    return d_grad, d_out, None
+
+
+# log_softmax_backward(g, y) = g - exp(y) * sum(g) over dim.
+def _log_softmax_backward_backward(ctx, gg):
+    grad, out = ctx.saved_tensors
+    dim = ctx.dim
+    probs = out.exp()
+    d_grad = gg - (gg * probs).sum(dim, keepdim=True) if ctx.needs_input_grad[0] else None
+    d_out = -gg * probs * grad.sum(dim, keepdim=True) if ctx.needs_input_grad[1] else None
+    return d_grad, d_out, None
+
+
+torch.library.register_autograd(
+    "pyops::softmax_backward", _softmax_backward_backward, setup_context=_save_tensors_and_dim)
+torch.library.register_autograd(
+    "pyops::log_softmax_backward", _log_softmax_backward_backward,
+    setup_context=_save_tensors_and_dim)

@@ -1,10 +1,12 @@
 """Drop-in replacements for torch.nn.functional, backed by the pyops operators."""
 
+import warnings
+
 import torch
 
 ops = torch.ops.pyops
 
-__all__ = ["sigmoid", "tanh", "relu"]
+__all__ = ["sigmoid", "tanh", "relu", "softmax", "log_softmax"]
 
 
 def _as_floating(input):
@@ -46,3 +48,29 @@ def relu(input, inplace=False):
         return _ReluInplace.apply(input)
     ops.relu_(input)
     return input
+
+
+def _implicit_softmax_dim(name, ndim, stacklevel):
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. "
+                  "Change the call to include dim=X as an argument.", stacklevel=stacklevel)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _softmax_input(name, input, dim, stacklevel, dtype):
+    if dim is None:
+        dim = _implicit_softmax_dim(name, input.dim(), stacklevel + 1)
+    if dtype is not None:
+        input = input.to(dtype)
+    return input, dim
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """torch.nn.functional.softmax: exp(x - max) / sum(exp(x - max)) over `dim`."""
+    input, dim = _softmax_input("softmax", input, dim, _stacklevel, dtype)
+    return ops.softmax(input, dim)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """torch.nn.functional.log_softmax: x - max - log(sum(exp(x - max))) over `dim`."""
+    input, dim = _softmax_input("log_softmax", input, dim, _stacklevel, dtype)
+    return ops.log_softmax(input, dim)

@@ -4,7 +4,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Sigmoid", "Tanh", "ReLU"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "Softmax", "LogSoftmax"]
 
 
 class Sigmoid(nn.Module):
@@ -27,3 +27,27 @@ class ReLU(nn.Module):
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
+
+
+class Softmax(nn.Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return F.softmax(input, self.dim, _stacklevel=5)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(nn.Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input):
+        return F.log_softmax(input, self.dim, _stacklevel=5)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"

@@ -35,9 +35,10 @@ def test_values_and_grads_match_torch(device, name, dtype, shape, layout):
     grad = make_tensor(shape, dtype, device, seed=1)
     (g_ours,) = torch.autograd.grad(y_ours, x_ours, grad)
     (g_torch,) = torch.autograd.grad(y_torch, x_torch, grad)
-    # tanh' = 1 - y*y cancels near |y| = 1, where our y and torch's may differ by an ulp
-    # (both correctly rounded to within 0.52 ulp): allow |grad| * eps absolute.
-    assert_close(g_ours, g_torch, atol=4 * torch.finfo(dtype).eps)
+    # tanh' = 1 - y*y cancels near |y| = 1, where our y and torch's may differ by up to two
+    # ulps (each within one ulp of the truth; the baseline ISA uses libm): the gradient then
+    # differs by up to |grad| * 2|y| * 2 ulp, with |grad| <= 4 here.
+    assert_close(g_ours, g_torch, atol=8 * torch.finfo(dtype).eps)
 
 
 @device_params
