@@ -17,4 +17,16 @@ TORCH_LIBRARY(pyops, m) {
   m.def("softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor");
   m.def("log_softmax(Tensor self, int dim) -> Tensor");
   m.def("log_softmax_backward(Tensor grad, Tensor out, int dim) -> Tensor");
+
+  // Losses. reduction: 0 none, 1 mean, 2 sum (as at::Reduction).
+  // cross_entropy takes class indices (int64/uint8) or probabilities (input's shape and dtype)
+  // and returns (loss, per-position log-sum-exp); the backward reuses that log-sum-exp.
+  m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, "
+        "int ignore_index, float label_smoothing) -> (Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
+        "int reduction, int ignore_index, float label_smoothing, Tensor lse) -> Tensor");
+  m.def("nll_loss(Tensor input, Tensor target, Tensor? weight, int reduction, "
+        "int ignore_index) -> Tensor");
+  m.def("nll_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
+        "int reduction, int ignore_index) -> Tensor");
 }

@@ -144,3 +144,186 @@ torch.library.register_autograd(
 torch.library.register_autograd(
     "pyops::log_softmax_backward", _log_softmax_backward_backward,
     setup_context=_save_tensors_and_dim)
+
+
+# ---- losses: shared helpers ---------------------------------------------------------------
+
+REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _class_dim(input):
+    return 0 if input.dim() == 1 else 1
+
+
+def _position_shape(input):
+    shape = list(input.shape)
+    del shape[_class_dim(input)]
+    return shape
+
+
+def _loss_shape(input, reduction):
+    return _position_shape(input) if reduction == REDUCTION_NONE else []
+
+
+def _broadcast_weight(weight, input):
+    """weight (or ones) shaped to broadcast along input's class dim."""
+    shape = [1] * input.dim()
+    shape[_class_dim(input)] = input.shape[_class_dim(input)]
+    if weight is None:
+        return torch.ones(shape, dtype=input.dtype, device=input.device)
+    return weight.view(shape)
+
+
+def _target_weights(target, weight, ignore_index, dtype):
+    """Per-position weight of the target class, 0 where ignored; and the valid mask."""
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    w = weight[safe] if weight is not None else torch.ones(target.shape, dtype=dtype,
+                                                          device=target.device)
+    return torch.where(valid, w.to(dtype), torch.zeros((), dtype=dtype, device=target.device)), valid
+
+
+def _position_scale(grad, reduction, denominator, input):
+    """The upstream gradient per position, shaped to broadcast along the class dim."""
+    if reduction == REDUCTION_NONE:
+        return grad.unsqueeze(_class_dim(input))
+    return grad / denominator if reduction == REDUCTION_MEAN else grad
+
+
+def _reduce_positions(values, reduction, denominator):
+    if reduction == REDUCTION_NONE:
+        return values
+    total = values.sum()
+    return total / denominator if reduction == REDUCTION_MEAN else total
+
+
+# ---- cross_entropy --------------------------------------------------------------------------
+
+@torch.library.register_fake("pyops::cross_entropy")
+def _(input, target, weight, reduction, ignore_index, label_smoothing):
+    loss = input.new_empty(_loss_shape(input, reduction))
+    lse = input.new_empty(_position_shape(input), dtype=_acc_dtype(input.dtype))
+    return loss, lse
+
+
+@torch.library.register_fake("pyops::cross_entropy_backward")
+def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse):
+    return torch.empty_like(input)
+
+
+def _ce_setup(ctx, inputs, output):
+    input, target, weight, reduction, ignore_index, label_smoothing = inputs
+    ctx.save_for_backward(input, target, weight, output[1])
+    ctx.args = (reduction, ignore_index, label_smoothing)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _ce_backward(ctx, grad_loss, grad_lse):
+    input, target, weight, lse = ctx.saved_tensors
+    reduction, ignore_index, smoothing = ctx.args
+    grad_input = grad_target = None
+    if ctx.needs_input_grad[0]:
+        grad_input = ops.cross_entropy_backward(grad_loss, input, target, weight, reduction,
+                                                ignore_index, smoothing, lse)
+    if ctx.needs_input_grad[1]:  # probability targets: d loss / d q = -(1 - eps) w log p
+        denominator = input.numel() // max(input.shape[_class_dim(input)], 1)
+        scale = _position_scale(grad_loss, reduction, denominator, input)
+        log_p = ops.log_softmax(input, _class_dim(input))
+        grad_target = -(1 - smoothing) * _broadcast_weight(weight, input) * log_p * scale
+    return grad_input, grad_target, None, None, None, None
+
+
+torch.library.register_autograd("pyops::cross_entropy", _ce_backward, setup_context=_ce_setup)
+
+
+def _ce_backward_setup(ctx, inputs, output):
+    grad, input, target, weight, reduction, ignore_index, label_smoothing, lse = inputs
+    ctx.save_for_backward(grad, input, target, weight)
+    ctx.args = (reduction, ignore_index, label_smoothing)
+
+
+def _ce_backward_backward(ctx, gg):
+    """Second order, in differentiable torch and pyops ops (slower than the fused kernels)."""
+    grad, input, target, weight = ctx.saved_tensors
+    reduction, ignore_index, eps = ctx.args
+    dim = _class_dim(input)
+    classes = input.shape[dim]
+    probs = ops.softmax(input, dim)
+    w = _broadcast_weight(weight, input)
+    d_target = None
+    if target.is_floating_point():
+        denominator = input.numel() // max(classes, 1)
+        s = _position_scale(grad, reduction, denominator, input)
+        wq = w * (target * (1 - eps) + eps / classes)
+        a = wq.sum(dim, keepdim=True)
+        m = probs * a - wq
+        if ctx.needs_input_grad[2]:
+            d_target = s * (1 - eps) * w * ((gg * probs).sum(dim, keepdim=True) - gg)
+    else:
+        w_t, valid = _target_weights(target, weight, ignore_index, input.dtype)
+        denominator = w_t.sum()
+        s = _position_scale(grad, reduction, denominator, input)
+        a = ((1 - eps) * w_t + eps / classes * w.sum()).unsqueeze(dim)
+        safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(dim)
+        one_hot = torch.zeros_like(input).scatter(dim, safe, 1.0)
+        m = (probs * a - eps / classes * w - (1 - eps) * w_t.unsqueeze(dim) * one_hot)
+        m = m * valid.unsqueeze(dim)
+        a = a * valid.unsqueeze(dim)
+    d_grad = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad = _reduce_positions((gg * m).sum(dim), reduction, denominator)
+    if ctx.needs_input_grad[1]:
+        d_input = s * a * ops.softmax_backward(gg, probs, dim)
+    return d_grad, d_input, d_target, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "pyops::cross_entropy_backward", _ce_backward_backward, setup_context=_ce_backward_setup)
+
+
+# ---- nll_loss -------------------------------------------------------------------------------
+
+@torch.library.register_fake("pyops::nll_loss")
+def _(input, target, weight, reduction, ignore_index):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+@torch.library.register_fake("pyops::nll_loss_backward")
+def _(grad, input, target, weight, reduction, ignore_index):
+    return torch.empty_like(input)
+
+
+def _nll_setup(ctx, inputs, output):
+    input, target, weight, reduction, ignore_index = inputs
+    ctx.save_for_backward(input, target, weight)
+    ctx.args = (reduction, ignore_index)
+
+
+def _nll_backward(ctx, grad):
+    input, target, weight = ctx.saved_tensors
+    grad_input = ops.nll_loss_backward(grad, input, target, weight, *ctx.args)
+    return grad_input, None, None, None, None
+
+
+torch.library.register_autograd("pyops::nll_loss", _nll_backward, setup_context=_nll_setup)
+
+
+def _nll_backward_setup(ctx, inputs, output):
+    grad, input, target, weight, reduction, ignore_index = inputs
+    ctx.save_for_backward(target, weight)
+    ctx.args = (reduction, ignore_index)
+
+
+def _nll_backward_backward(ctx, gg):
+    # nll_loss_backward is linear in grad and constant in input: its adjoint is nll_loss itself.
+    target, weight = ctx.saved_tensors
+    d_grad = ops.nll_loss(gg, target, weight, *ctx.args) if ctx.needs_input_grad[0] else None
+    return d_grad, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "pyops::nll_loss_backward", _nll_backward_backward, setup_context=_nll_backward_setup)

@@ -4,7 +4,7 @@ from torch import nn
 
 from . import functional as F
 
-__all__ = ["Sigmoid", "Tanh", "ReLU", "Softmax", "LogSoftmax"]
+__all__ = ["Sigmoid", "Tanh", "ReLU", "Softmax", "LogSoftmax", "CrossEntropyLoss", "NLLLoss"]
 
 
 class Sigmoid(nn.Module):
@@ -51,3 +51,18 @@ class LogSoftmax(nn.Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+# Losses subclass torch's modules: the same constructor, buffers, state_dict and repr; only the
+# computation differs.
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(nn.NLLLoss):
+    def forward(self, input, target):
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                          reduction=self.reduction)

@@ -36,26 +36,29 @@ T blocked_sum(int64_t n, const BlockSum& block_sum) {
   return total;
 }
 
-template <typename T>
-T row_sum(const T* x, int64_t n) {
-  return blocked_sum<T>(n, [&](int64_t i, int64_t len) {
-    return at::vec::reduce_all<T>([](auto& a, auto& b) { return a + b; }, x + i, len);
+// Sum over i < n of vec_fn(in0[i], in1[i], ...), taken in blocks (see blocked_sum).
+template <typename T, typename VecFn, typename... Inputs>
+T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
+  using V = Vectorized<T>;
+  return blocked_sum<T>(n, [&](int64_t begin, int64_t len) {
+    V acc(0);
+    int64_t i = begin;
+    for (; i + V::size() <= begin + len; i += V::size()) acc = acc + vec_fn(V::loadu(in + i)...);
+    if (const int64_t rest = begin + len - i; rest > 0) {
+      acc = V::set(acc, acc + vec_fn(load(in + i, rest)...), rest);
+    }
+    return at::vec::vec_reduce_all<T>([](V x, V y) { return x + y; }, acc);
   });
 }
 
-template <typename T, typename MapFn>
-T row_map_sum(const MapFn& map_fn, const T* x, int64_t n) {
-  return blocked_sum<T>(n, [&](int64_t i, int64_t len) {
-    return at::vec::map_reduce_all<T>(map_fn, [](auto a, auto b) { return a + b; }, x + i, len);
-  });
+template <typename T>
+T row_sum(const T* x, int64_t n) {
+  return row_map_sum<T>([](auto v) { return v; }, n, x);
 }
 
 template <typename T>
 T row_dot(const T* a, const T* b, int64_t n) {
-  return blocked_sum<T>(n, [&](int64_t i, int64_t len) {
-    return at::vec::map2_reduce_all<T>([](auto x, auto y) { return x * y; },
-                                       [](auto x, auto y) { return x + y; }, a + i, b + i, len);
-  });
+  return row_map_sum<T>([](auto x, auto y) { return x * y; }, n, a, b);
 }
 
 // ---- column tiles ---------------------------------------------------------------------------

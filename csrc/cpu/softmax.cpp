@@ -21,7 +21,7 @@ template <typename T>
 void log_softmax_row(const T* x, T* y, int64_t n) {
   using V = Vectorized<T>;
   const V vmax(row_max(x, n));
-  const T sum = row_map_sum([&](V v) { return (v - vmax).exp(); }, x, n);
+  const T sum = row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, n, x);
   // (x - max) - log(sum), not x - (max + log(sum)): the latter absorbs log(sum) when |max| is huge.
   const V log_sum(std::log(sum));
   vec_map([&](V v) { return (v - vmax) - log_sum; }, y, n, x);

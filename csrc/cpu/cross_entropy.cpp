@@ -1,0 +1,484 @@
+// cross_entropy (log-softmax and NLL fused, class-index or probability targets), nll_loss, and
+// their backward ops on CPU.
+//
+// The class dim is reduced as in softmax (dim_layout.h): contiguous rows, or column tiles when
+// it is not innermost, e.g. (N, C, d1, ...). The forward reads the logits once per row and keeps
+// only the per-position log-sum-exp; the backward writes each gradient element once:
+//   grad_c = s * (softmax_c * A - smoothing / C * w_c) - s * (1 - smoothing) * w_t [c == t]
+// with A = (1 - smoothing) * w_t + smoothing / C * sum(w), and for probability targets q
+//   grad_c = s * (softmax_c * sum(w * q') - w_c * q'_c),  q' = (1 - smoothing) * q + smoothing / C.
+#include "dim_layout.h"
+#include "loss_common.h"
+
+#include <torch/library.h>
+
+namespace pyops::cpu {
+namespace {
+
+// The loss' arguments in the accumulation dtype T, shared by every position.
+template <typename T>
+struct LossArgs {
+  int64_t classes;
+  int64_t ignore_index;
+  T smoothing;
+  const T* weight;  // classes entries, or nullptr for all ones
+  T weight_sum;
+
+  T w(int64_t c) const { return weight ? weight[c] : T(1); }
+};
+
+// Inputs checked and laid out for the kernels.
+struct Prepared {
+  at::Tensor input;   // dense, positions in logical order
+  at::Tensor target;  // class indices (int64, contiguous) or probabilities (input's layout)
+  at::Tensor weight;  // accumulation dtype, contiguous, or undefined
+  int64_t class_dim;
+  bool soft;
+  Shape3 shape;
+  std::vector<int64_t> position_shape;  // input's shape without the class dim
+};
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+Prepared prepare(const char* op, const at::Tensor& input, const at::Tensor& target,
+                 const std::optional<at::Tensor>& weight, bool allow_soft) {
+  check_floating(op, input);
+  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dim (the classes), got 0");
+  TORCH_CHECK(target.device() == input.device(), op,
+              ": input and target must be on the same device, got ", input.device(), " and ",
+              target.device());
+  Prepared p;
+  p.class_dim = input.dim() == 1 ? 0 : 1;
+  p.position_shape = input.sizes().vec();
+  p.position_shape.erase(p.position_shape.begin() + p.class_dim);
+  p.soft = allow_soft && at::isFloatingType(target.scalar_type());
+  const int64_t classes = input.size(p.class_dim);
+  if (weight && weight->defined()) {
+    TORCH_CHECK(weight->dim() == 1 && weight->numel() == classes, op,
+                ": weight tensor should be defined either for all ", classes,
+                " classes or no classes but got weight tensor of shape: ", weight->sizes());
+    TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected scalar type ",
+                input.scalar_type(), " but found ", weight->scalar_type(), " for weight");
+    TORCH_CHECK(weight->device() == input.device(), op, ": weight must be on ", input.device());
+    p.weight = weight->to(acc_dtype(input.scalar_type())).contiguous();
+  }
+  auto x = dense(input);
+  if (!positions_in_logical_order(x, p.class_dim)) x = x.contiguous();
+  p.input = x;
+  p.shape = shape3(x, p.class_dim);
+  if (p.soft) {
+    TORCH_CHECK(target.sizes() == input.sizes(), op,
+                ": probability targets must have the input's shape ", input.sizes(), ", got ",
+                target.sizes());
+    TORCH_CHECK(target.scalar_type() == input.scalar_type(), op,
+                ": probability targets must have the input's dtype ", input.scalar_type(),
+                ", got ", target.scalar_type());
+    p.target = in_layout_of(target, x);
+  } else {
+    TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, op,
+                ": expected target dtype to be Long or Byte, but got ", target.scalar_type());
+    TORCH_CHECK(target.sizes() == at::IntArrayRef(p.position_shape), op,
+                ": expected target size ", at::IntArrayRef(p.position_shape), ", got ",
+                target.sizes());
+    p.target = target.to(at::kLong).contiguous();
+  }
+  return p;
+}
+
+template <typename T>
+LossArgs<T> loss_args(const Prepared& p, int64_t ignore_index, double smoothing) {
+  const int64_t classes = p.shape.dim;
+  const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
+  return {classes, ignore_index, static_cast<T>(smoothing), w,
+          w ? row_sum(w, classes) : static_cast<T>(classes)};
+}
+
+int64_t checked_target(int64_t t, int64_t classes) {
+  TORCH_CHECK_INDEX(t >= 0 && t < classes, "Target ", t, " is out of bounds.");
+  return t;
+}
+
+// Sum of the weights of the non-ignored targets: the 'mean' denominator of class-index losses.
+template <typename T>
+at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
+  const int64_t* t = target.const_data_ptr<int64_t>();
+  double total = 0;
+  for (int64_t p = 0; p < target.numel(); ++p) {
+    if (t[p] != a.ignore_index) total += a.w(checked_target(t[p], a.classes));
+  }
+  return at::scalar_tensor(total, at::kDouble);
+}
+
+// ---- cross_entropy forward ------------------------------------------------------------------
+
+// Per-position results of the forward.
+template <typename T>
+struct ForwardOut {
+  T* loss;
+  T* lse;
+};
+
+template <typename T>
+void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const LossArgs<T>& a,
+                    const ForwardOut<T>& out) {
+  using V = Vectorized<T>;
+  const int64_t C = a.classes;
+  if (!q && target == a.ignore_index) {
+    out.loss[p] = out.lse[p] = 0;
+    return;
+  }
+  const T max = row_max(x, C);
+  const V vmax(max);
+  const T log_sum = std::log(row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, C, x));
+  out.lse[p] = max + log_sum;
+  const T eps_c = a.smoothing / C;
+  if (q) {  // sum_c w_c q'_c (max - x_c + log_sum), q' = (1 - eps) q + eps / C
+    const V keep(T(1) - a.smoothing), spread(eps_c);
+    T wq_sum, wq_gap;
+    if (a.weight) {
+      wq_sum = row_map_sum<T>([&](V w, V qv) { return w * (qv * keep + spread); }, C, a.weight, q);
+      wq_gap = row_map_sum<T>([&](V w, V qv, V v) { return w * (qv * keep + spread) * (vmax - v); },
+                              C, a.weight, q, x);
+    } else {
+      wq_sum = row_map_sum<T>([&](V qv) { return qv * keep + spread; }, C, q);
+      wq_gap = row_map_sum<T>([&](V qv, V v) { return (qv * keep + spread) * (vmax - v); }, C, q, x);
+    }
+    out.loss[p] = wq_gap + wq_sum * log_sum;
+    return;
+  }
+  const int64_t t = checked_target(target, C);
+  T loss = (T(1) - a.smoothing) * a.w(t) * ((max - x[t]) + log_sum);
+  if (a.smoothing != T(0)) {  // eps / C * sum_c w_c (max - x_c + log_sum)
+    const T gap = a.weight ? row_map_sum<T>([&](V w, V v) { return w * (vmax - v); }, C, a.weight, x)
+                           : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
+    loss += eps_c * (gap + a.weight_sum * log_sum);
+  }
+  out.loss[p] = loss;
+}
+
+// The same for a tile: `width` positions p0.. side by side, class c of position j at
+// x[c * stride + j].
+template <typename T>
+void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int64_t p0,
+                     const int64_t* targets, const LossArgs<T>& a, const ForwardOut<T>& out) {
+  using V = Vectorized<T>;
+  constexpr int64_t kVecs = tile_width<T>() / V::size() + 1;
+  const int64_t C = a.classes;
+  const T keep = T(1) - a.smoothing, eps_c = a.smoothing / C;
+  V max[kVecs], sum[kVecs], gap[kVecs], wq[kVecs];
+  for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+    max[k] = load(x + j, n);
+    sum[k] = gap[k] = wq[k] = V(0);
+  });
+  for (int64_t c = 1; c < C; ++c) {
+    for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+      max[k] = at::vec::maximum(max[k], load(x + c * stride + j, n));
+    });
+  }
+  const bool need_gap = q || a.smoothing != T(0);
+  for_each_row_block(C, sum, width, [&](int64_t c, V* partial) {
+    for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+      partial[k] = partial[k] + (load(x + c * stride + j, n) - max[k]).exp();
+    });
+  });
+  if (need_gap) {
+    for_each_row_block(C, gap, width, [&](int64_t c, V* partial) {
+      const V w(a.w(c));
+      for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+        V coef = w;
+        if (q) coef = coef * (load(q + c * stride + j, n) * V(keep) + V(eps_c));
+        partial[k] = partial[k] + coef * (max[k] - load(x + c * stride + j, n));
+      });
+    });
+  }
+  if (q) {
+    for_each_row_block(C, wq, width, [&](int64_t c, V* partial) {
+      const V w(a.w(c));
+      for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+        partial[k] = partial[k] + w * (load(q + c * stride + j, n) * V(keep) + V(eps_c));
+      });
+    });
+  }
+  T col_max[tile_width<T>()], col_log_sum[tile_width<T>()], col_gap[tile_width<T>()],
+      col_wq[tile_width<T>()];
+  for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+    max[k].store(col_max + j, n);
+    sum[k].log().store(col_log_sum + j, n);
+    gap[k].store(col_gap + j, n);
+    wq[k].store(col_wq + j, n);
+  });
+  for (int64_t j = 0; j < width; ++j) {
+    const int64_t p = p0 + j;
+    if (q) {
+      out.lse[p] = col_max[j] + col_log_sum[j];
+      out.loss[p] = col_gap[j] + col_wq[j] * col_log_sum[j];
+      continue;
+    }
+    if (targets[p] == a.ignore_index) {
+      out.loss[p] = out.lse[p] = 0;
+      continue;
+    }
+    const int64_t t = checked_target(targets[p], C);
+    out.lse[p] = col_max[j] + col_log_sum[j];
+    T loss = keep * a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]);
+    if (a.smoothing != T(0)) loss += eps_c * (col_gap[j] + a.weight_sum * col_log_sum[j]);
+    out.loss[p] = loss;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 int64_t reduction, int64_t ignore_index,
+                                                 double label_smoothing) {
+  constexpr const char* op = "pyops::cross_entropy";
+  check_reduction(reduction);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
+  const Prepared prep = prepare(op, input, target, weight, /*allow_soft=*/true);
+  const auto acc = acc_dtype(input.scalar_type());
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  auto losses = at::empty({positions}, input.options().dtype(acc));
+  auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
+  at::Tensor denominator;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
+    const ForwardOut<T> out{losses.mutable_data_ptr<T>(), lse.mutable_data_ptr<T>()};
+    const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
+    const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
+    if (positions > 0 && s.dim > 0) {
+      for_each_piece<T>(s, [&](const Piece& piece) {
+        thread_local Stage<scalar_t> stage;
+        const T* x = stage.in(0, xp, piece);
+        const T* q = qp ? stage.in(1, qp, piece) : nullptr;
+        if (s.inner == 1) {
+          const int64_t p = piece.offset / s.dim;
+          ce_forward_row(x, q, p, tp ? tp[p] : 0, args, out);
+        } else {
+          const int64_t o = piece.offset / (s.dim * s.inner), j = piece.offset % s.inner;
+          ce_forward_tile(x, q, stage.stride(piece), piece.width, o * s.inner + j, tp, args, out);
+        }
+      });
+    } else {  // no positions or no classes; targets are still checked below
+      losses.zero_();
+      lse.fill_(-std::numeric_limits<double>::infinity());
+    }
+    denominator = prep.soft ? at::scalar_tensor(static_cast<double>(positions), at::kDouble)
+                            : target_weight_sum(prep.target, args);
+  });
+  return {reduce_losses(losses, reduction, denominator, prep.position_shape, input.scalar_type()),
+          lse};
+}
+
+// ---- cross_entropy backward -----------------------------------------------------------------
+
+template <typename T>
+void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T lse,
+                     const LossArgs<T>& a) {
+  using V = Vectorized<T>;
+  const int64_t C = a.classes;
+  if (!q && target == a.ignore_index) {
+    std::fill(gi, gi + C, T(0));
+    return;
+  }
+  const T keep = T(1) - a.smoothing, eps_c = a.smoothing / C;
+  const V vs(scale), vlse(lse), vkeep(keep), veps(eps_c);
+  if (q) {
+    const T wq_sum = a.weight
+        ? row_map_sum<T>([&](V w, V qv) { return w * (qv * vkeep + veps); }, C, a.weight, q)
+        : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
+    const V vq(wq_sum);
+    if (a.weight) {
+      vec_map([&](V w, V qv, V v) { return vs * ((v - vlse).exp() * vq - w * (qv * vkeep + veps)); },
+              gi, C, a.weight, q, x);
+    } else {
+      vec_map([&](V qv, V v) { return vs * ((v - vlse).exp() * vq - (qv * vkeep + veps)); }, gi, C,
+              q, x);
+    }
+    return;
+  }
+  const int64_t t = checked_target(target, C);
+  const V va(keep * a.w(t) + eps_c * a.weight_sum);
+  if (a.weight) {
+    vec_map([&](V w, V v) { return vs * ((v - vlse).exp() * va - veps * w); }, gi, C, a.weight, x);
+  } else {
+    vec_map([&](V v) { return vs * ((v - vlse).exp() * va - veps); }, gi, C, x);
+  }
+  gi[t] -= scale * keep * a.w(t);
+}
+
+template <typename T>
+void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t width, int64_t p0,
+                      const int64_t* targets, const GradScale<T>& scale, const T* lse,
+                      const LossArgs<T>& a) {
+  using V = Vectorized<T>;
+  constexpr int64_t kVecs = tile_width<T>() / V::size() + 1;
+  const int64_t C = a.classes;
+  const T keep = T(1) - a.smoothing, eps_c = a.smoothing / C;
+  // Per column: the scale s, its log-sum-exp, and A (class targets) or sum(w q') (soft).
+  T col_s[tile_width<T>()], col_lse[tile_width<T>()], col_a[tile_width<T>()];
+  for (int64_t j = 0; j < width; ++j) {
+    const int64_t p = p0 + j;
+    const bool ignored = !q && targets[p] == a.ignore_index;
+    col_s[j] = ignored ? T(0) : scale[p];
+    col_lse[j] = lse[p];
+    col_a[j] = (q || ignored) ? T(0) : keep * a.w(checked_target(targets[p], C)) + eps_c * a.weight_sum;
+  }
+  V vs[kVecs], vlse[kVecs], va[kVecs];
+  for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+    vs[k] = load(col_s + j, n);
+    vlse[k] = load(col_lse + j, n);
+    va[k] = load(col_a + j, n);
+  });
+  if (q) {
+    for_each_row_block(C, va, width, [&](int64_t c, V* partial) {
+      const V w(a.w(c));
+      for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+        partial[k] = partial[k] + w * (load(q + c * stride + j, n) * V(keep) + V(eps_c));
+      });
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const V w(a.w(c));
+    for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
+      const T* xc = x + c * stride + j;
+      const V minus = q ? w * (load(q + c * stride + j, n) * V(keep) + V(eps_c)) : w * V(eps_c);
+      (vs[k] * ((load(xc, n) - vlse[k]).exp() * va[k] - minus)).store(gi + c * stride + j, n);
+    });
+  }
+  if (q) return;
+  for (int64_t j = 0; j < width; ++j) {
+    const int64_t p = p0 + j;
+    if (targets[p] == a.ignore_index) {
+      for (int64_t c = 0; c < C; ++c) gi[c * stride + j] = T(0);
+    } else {
+      gi[targets[p] * stride + j] -= col_s[j] * keep * a.w(targets[p]);
+    }
+  }
+}
+
+// The result in the layout autograd expects of `input`, from the gradient computed in `prep`'s.
+at::Tensor in_input_layout(const at::Tensor& input, const at::Tensor& result) {
+  const auto like = dense(input);
+  return like.strides() == result.strides() ? result : at::empty_like(like).copy_(result);
+}
+
+at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
+                                  const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                  int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                  const at::Tensor& lse) {
+  constexpr const char* op = "pyops::cross_entropy_backward";
+  check_reduction(reduction);
+  const Prepared prep = prepare(op, input, target, weight, /*allow_soft=*/true);
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc_dtype(input.scalar_type()), op,
+              ": lse must be the forward's log-sum-exp, one per position");
+  const auto lse_c = lse.contiguous();
+  auto result = output_like(prep.input);
+  if (result.numel() == 0) return in_input_layout(input, result);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
+    const auto denominator = prep.soft ? at::scalar_tensor(static_cast<double>(positions), at::kDouble)
+                                       : target_weight_sum(prep.target, args);
+    const GradScale<T> scale(grad, reduction, denominator, positions);
+    const T* lp = lse_c.const_data_ptr<T>();
+    const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
+    const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
+    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
+    for_each_piece<T>(s, [&](const Piece& piece) {
+      thread_local Stage<scalar_t> stage;
+      const T* x = stage.in(0, xp, piece);
+      const T* q = qp ? stage.in(1, qp, piece) : nullptr;
+      T* gi = stage.out(2, rp, piece);
+      if (s.inner == 1) {
+        const int64_t p = piece.offset / s.dim;
+        ce_backward_row(x, q, gi, tp ? tp[p] : 0, scale[p], lp[p], args);
+      } else {
+        const int64_t o = piece.offset / (s.dim * s.inner), j = piece.offset % s.inner;
+        ce_backward_tile(x, q, gi, stage.stride(piece), piece.width, o * s.inner + j, tp, scale,
+                         lp, args);
+      }
+      stage.store(2, rp, piece);
+    });
+  });
+  return in_input_layout(input, result);
+}
+
+// ---- nll_loss -------------------------------------------------------------------------------
+
+// Memory offset of class c at position p in prep.input (dense, positions in logical order).
+int64_t element_offset(const Shape3& s, int64_t p, int64_t c) {
+  return (p / s.inner) * s.dim * s.inner + c * s.inner + p % s.inner;
+}
+
+at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, int64_t reduction,
+                    int64_t ignore_index) {
+  check_reduction(reduction);
+  const Prepared prep = prepare("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
+  at::Tensor denominator;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    const auto args = loss_args<T>(prep, ignore_index, 0.0);
+    const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
+    const int64_t* tp = prep.target.const_data_ptr<int64_t>();
+    T* lp = losses.mutable_data_ptr<T>();
+    at::parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        if (tp[p] == ignore_index) {
+          lp[p] = 0;
+        } else {
+          const int64_t t = checked_target(tp[p], s.dim);
+          lp[p] = -args.w(t) * static_cast<T>(xp[element_offset(s, p, t)]);
+        }
+      }
+    });
+    denominator = target_weight_sum(prep.target, args);
+  });
+  return reduce_losses(losses, reduction, denominator, prep.position_shape, input.scalar_type());
+}
+
+at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             int64_t reduction, int64_t ignore_index) {
+  check_reduction(reduction);
+  const Prepared prep =
+      prepare("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  auto result = output_like(prep.input).zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    const auto args = loss_args<T>(prep, ignore_index, 0.0);
+    const GradScale<T> scale(grad, reduction, target_weight_sum(prep.target, args), positions);
+    const int64_t* tp = prep.target.const_data_ptr<int64_t>();
+    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        if (tp[p] == ignore_index) continue;
+        const int64_t t = checked_target(tp[p], s.dim);
+        rp[element_offset(s, p, t)] = static_cast<scalar_t>(-args.w(t) * scale[p]);
+      }
+    });
+  });
+  return in_input_layout(input, result);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CPU, m) {
+  m.impl("cross_entropy", &cross_entropy);
+  m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("nll_loss", &nll_loss);
+  m.impl("nll_loss_backward", &nll_loss_backward);
+}
+
+}  // namespace pyops::cpu
