@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-import pyops  # noqa: F401  (registers torch.ops.pyops)
+import pyops.functional as PF
+
+import torch.nn.functional as TF
 
 aten = torch.ops.aten
 ops = torch.ops.pyops
@@ -47,6 +49,8 @@ def shape_label(shape):
 
 
 def _compiled(fn):
+    # A fresh cache per case: each shape and dtype compiles once, never hitting the recompile limit.
+    torch._dynamo.reset()
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
@@ -135,9 +139,62 @@ def softmax_cases(cfg):
                            functools.partial(_softmax_bwd, name, shape, dim, dtype))
 
 
+# ---- cross_entropy --------------------------------------------------------------------------
+
+CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256)]
+CE_QUICK_SHAPES = [(64, 1000)]
+
+
+def _class_targets(n, classes, device, ignored_fraction=0.1):
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, classes, (n,), generator=gen)
+    t[torch.rand(n, generator=gen) < ignored_fraction] = -100
+    return t.to(device)
+
+
+def _fwd_bwd(loss_fn):
+    """loss and the logits' gradient (returned, not accumulated, so every call does the same work)."""
+    def run(x, t):
+        return torch.autograd.grad(loss_fn(x, t), x)[0]
+    return run
+
+
+def _ce_impls(cfg, direction, shape, dtype, smoothing):
+    n, classes = shape
+    x = torch.randn(shape, dtype=dtype, device=cfg.device).requires_grad_(direction != "fwd")
+    t = _class_targets(n, classes, cfg.device)
+    ours = functools.partial(PF.cross_entropy, label_smoothing=smoothing)
+    theirs = functools.partial(TF.cross_entropy, label_smoothing=smoothing)
+    fns = {"torch": theirs, "pyops": ours}
+    if "torch.compile" in cfg.peers:
+        fns["torch.compile"] = _compiled(theirs)
+    if direction != "fwd":
+        fns = {name: _fwd_bwd(fn) for name, fn in fns.items()}
+    return {name: functools.partial(fn, x, t) for name, fn in fns.items()}
+
+
+def cross_entropy_cases(cfg):
+    shapes = CE_QUICK_SHAPES if cfg.quick else CE_SHAPES
+    variants = [(shape, 0.0) for shape in shapes] + [(shapes[0], 0.1)]
+    for dtype in cfg.dtypes:
+        for shape, smoothing in variants:
+            n, classes = shape
+            size = dtype.itemsize
+            params = "ignore~10%" + (f" smoothing={smoothing}" if smoothing else "")
+            # minimum traffic: logits read once (+ targets); fwd+bwd also writes the gradient once
+            yield Case("cross_entropy", "fwd", dtype, shape, params, n * classes * size + 8 * n,
+                       functools.partial(_ce_impls, direction="fwd", shape=shape, dtype=dtype,
+                                         smoothing=smoothing))
+            yield Case("cross_entropy", "fwd+bwd", dtype, shape, params,
+                       2 * n * classes * size + 8 * n,
+                       functools.partial(_ce_impls, direction="fwd+bwd", shape=shape, dtype=dtype,
+                                         smoothing=smoothing))
+
+
 FAMILIES = {
     "activations": (tuple(ACTIVATIONS), activation_cases),
     "softmax": (tuple(SOFTMAXES), softmax_cases),
+    "cross_entropy": (("cross_entropy",), cross_entropy_cases),
 }
 
 

@@ -44,7 +44,7 @@ def table_rows(records):
         for r in group:
             name = r["impl"] + (" *" if r is best and len(timed) > 1 else "")
             if r.get("missing"):
-                name += f" (missing: {r['missing']})"
+                name += f" (missing: {r['missing'][:60]})"
             rows.append([
                 op, direction, dtype, shape + (f" {params}" if params else ""), name,
                 _fmt_time(r["median_s"]),
