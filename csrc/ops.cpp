@@ -29,4 +29,24 @@ TORCH_LIBRARY(pyops, m) {
         "int ignore_index) -> Tensor");
   m.def("nll_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
         "int reduction, int ignore_index) -> Tensor");
+
+  // Elementwise losses take target (and weight, pos_weight) of the input's shape; the backward
+  // ops return the gradient with respect to the input.
+  m.def("mse_loss(Tensor input, Tensor target, Tensor? weight, int reduction) -> Tensor");
+  m.def("mse_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
+        "int reduction) -> Tensor");
+  m.def("binary_cross_entropy_with_logits(Tensor input, Tensor target, Tensor? weight, "
+        "Tensor? pos_weight, int reduction) -> Tensor");
+  m.def("binary_cross_entropy_with_logits_backward(Tensor grad, Tensor input, Tensor target, "
+        "Tensor? weight, Tensor? pos_weight, int reduction) -> Tensor");
+  m.def("binary_cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction) -> Tensor");
+  m.def("binary_cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
+        "int reduction) -> Tensor");
+  m.def("hinge_loss(Tensor input, Tensor target, float margin, int reduction) -> Tensor");
+  m.def("hinge_loss_backward(Tensor grad, Tensor input, Tensor target, float margin, "
+        "int reduction) -> Tensor");
+  m.def("multi_margin_loss(Tensor input, Tensor target, int p, float margin, Tensor? weight, "
+        "int reduction) -> Tensor");
+  m.def("multi_margin_loss_backward(Tensor grad, Tensor input, Tensor target, int p, float margin, "
+        "Tensor? weight, int reduction) -> Tensor");
 }

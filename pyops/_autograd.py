@@ -327,3 +327,150 @@ def _nll_backward_backward(ctx, gg):
 
 torch.library.register_autograd(
     "pyops::nll_loss_backward", _nll_backward_backward, setup_context=_nll_backward_setup)
+
+
+# ---- the lesson's other losses ----------------------------------------------------------------
+# The kernels compute the loss and its input gradient. Every other derivative (target, weight,
+# pos_weight, and all second-order ones) goes through a torch-op expression of the same loss,
+# which autograd differentiates to any order.
+
+def _log_sigmoid(x):
+    return torch.minimum(x, torch.zeros_like(x)) - torch.log1p(torch.exp(-x.abs()))
+
+
+def _mse_terms(input, target, weight):
+    sq = (input - target) ** 2
+    return sq if weight is None else sq * weight
+
+
+def _bce_logits_terms(input, target, weight, pos_weight):
+    log_weight = 1 if pos_weight is None else (pos_weight - 1) * target + 1
+    loss = (1 - target) * input - log_weight * _log_sigmoid(input)
+    return loss if weight is None else loss * weight
+
+
+def _bce_terms(input, target, weight):
+    log_x = torch.clamp(torch.log(input), min=-100)
+    log_1mx = torch.clamp(torch.log1p(-input), min=-100)
+    loss = (target - 1) * log_1mx - target * log_x
+    return loss if weight is None else loss * weight
+
+
+def _hinge_terms(input, target, margin):
+    return torch.clamp(margin - target * input, min=0)
+
+
+def _multi_margin_rows(input, target, p, margin, weight):
+    x = input.reshape(-1, input.shape[-1] if input.dim() else 1)
+    t = target.reshape(-1, 1)
+    z = margin - x.gather(1, t) + x
+    h = torch.where(z > 0, z, torch.zeros_like(z)) ** p
+    h = h.scatter(1, t, 0.0)
+    rows = h.sum(1) / x.shape[1]
+    if weight is not None:
+        rows = rows * weight[t.reshape(-1)]
+    return rows if input.dim() == 2 else rows.reshape(())
+
+
+def _mse_denominator(input, target, weight):
+    return input.numel() if weight is None else weight.sum()
+
+
+class _Loss:
+    """One loss op: how many leading arguments are tensors, its torch-op expression (per element,
+    or per row for a per_row loss) and the count 'mean' divides by."""
+
+    def __init__(self, name, tensor_args, terms, denominator=None, per_row=False):
+        self.name = name
+        self.tensor_args = tensor_args
+        self.terms = terms  # (*tensors, *scalars) -> losses before reduction
+        self.per_row = per_row
+        self.denominator = denominator or (lambda input, *rest: input.numel())
+
+    def reduced(self, tensors, scalars, reduction):
+        values = self.terms(*tensors, *scalars)
+        return _reduce_positions(values, reduction, self.denominator(*tensors))
+
+    def fake(self, input, reduction):
+        if reduction != REDUCTION_NONE:
+            return input.new_empty([])
+        if self.per_row:
+            return input.new_empty(input.shape[:1] if input.dim() == 2 else [])
+        return torch.empty_like(input)
+
+    def fake_backward(self, input):
+        return input.new_empty(input.shape) if self.per_row else torch.empty_like(input)
+
+
+def _grads_through(fn, tensors, wanted, grad_out, create_graph):
+    """d <grad_out, fn(*tensors)> / d tensors[i] for i in wanted (None elsewhere)."""
+    result = [None] * len(tensors)
+    if not wanted:
+        return result
+    with torch.enable_grad():
+        out = fn(*tensors)
+    grads = torch.autograd.grad(out, [tensors[i] for i in wanted], grad_out,
+                                create_graph=create_graph, allow_unused=True)
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
+
+
+def _register_loss(loss):
+    n = loss.tensor_args
+    op = getattr(ops, loss.name)
+    backward_op = getattr(ops, loss.name + "_backward")
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n])
+        ctx.scalars = inputs[n:-1]
+        ctx.reduction = inputs[-1]
+
+    def backward(ctx, grad):
+        tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:n]
+        rest = [i for i in range(1, n) if needs[i]]
+        grads = _grads_through(lambda *t: loss.reduced(t, ctx.scalars, ctx.reduction),
+                               list(tensors), rest, grad, torch.is_grad_enabled())
+        if needs[0]:
+            grads[0] = backward_op(grad, *tensors, *ctx.scalars, ctx.reduction)
+        return (*grads, *([None] * (len(ctx.needs_input_grad) - n)))
+
+    def backward_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n + 1])
+        ctx.scalars = inputs[n + 1:-1]
+        ctx.reduction = inputs[-1]
+
+    def backward_backward(ctx, gg):
+        grad, *tensors = ctx.saved_tensors
+
+        def input_gradient(grad, input, *others):
+            x = input if input.requires_grad else input.detach().requires_grad_()
+            value = loss.reduced((x, *others), ctx.scalars, ctx.reduction)
+            return torch.autograd.grad(value, x, grad, create_graph=True)[0]
+
+        wanted = [i for i in range(n + 1) if ctx.needs_input_grad[i]]
+        grads = _grads_through(input_gradient, [grad, *tensors], wanted, gg, torch.is_grad_enabled())
+        return (*grads, *([None] * (len(ctx.needs_input_grad) - n - 1)))
+
+    torch.library.register_autograd(f"pyops::{loss.name}", backward, setup_context=setup)
+    torch.library.register_autograd(f"pyops::{loss.name}_backward", backward_backward,
+                                    setup_context=backward_setup)
+
+    torch.library.register_fake(f"pyops::{loss.name}")(
+        lambda *args: loss.fake(args[0], args[-1]))
+    torch.library.register_fake(f"pyops::{loss.name}_backward")(
+        lambda grad, input, *rest: loss.fake_backward(input))
+
+
+LOSSES = [
+    _Loss("mse_loss", 3, _mse_terms, _mse_denominator),
+    _Loss("binary_cross_entropy_with_logits", 4, _bce_logits_terms),
+    _Loss("binary_cross_entropy", 3, _bce_terms),
+    _Loss("hinge_loss", 2, _hinge_terms),
+    # (input, target, p, margin, weight, reduction): weight travels with the scalars.
+    _Loss("multi_margin_loss", 2, _multi_margin_rows,
+          lambda input, target: input.shape[0] if input.dim() == 2 else 1, per_row=True),
+]
+for _loss in LOSSES:
+    _register_loss(_loss)

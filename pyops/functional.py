@@ -1,5 +1,6 @@
 """Drop-in replacements for torch.nn.functional, backed by the pyops operators."""
 
+import functools
 import warnings
 
 import torch
@@ -7,7 +8,9 @@ from torch.nn import _reduction
 
 ops = torch.ops.pyops
 
-__all__ = ["sigmoid", "tanh", "relu", "softmax", "log_softmax", "cross_entropy", "nll_loss"]
+__all__ = ["sigmoid", "tanh", "relu", "softmax", "log_softmax", "cross_entropy", "nll_loss",
+           "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy", "hinge_loss",
+           "multi_margin_loss"]
 
 
 def _as_floating(input):
@@ -135,3 +138,75 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     _check_weight(weight, "nll_loss")
     _check_class_target_batch(input, target)
     return ops.nll_loss(input, target, weight, reduction, ignore_index)
+
+
+def _promoted(*tensors):
+    """Tensors (None kept) cast to their common floating dtype, as torch's elementwise losses do."""
+    present = [t for t in tensors if t is not None]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in present])
+    if not dtype.is_floating_point:
+        raise RuntimeError(f"expected floating-point inputs, got {dtype}")
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """torch.nn.functional.mse_loss, broadcasting (with torch's warning) and optional weight."""
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size "
+            f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.", stacklevel=2)
+    reduction = _reduction_enum(size_average, reduce, reduction)
+    input, target = torch.broadcast_tensors(input, target)
+    if weight is not None and weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    input, target, weight = _promoted(input, target, weight)
+    return ops.mse_loss(input, target, weight, reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """torch's BCE with logits, fused with the sigmoid: stable for any finite logit."""
+    reduction = _reduction_enum(size_average, reduce, reduction)
+    if target.size() != input.size():
+        raise ValueError(f"Target size ({target.size()}) must be the same as input size "
+                         f"({input.size()})")
+    input, target, weight, pos_weight = _promoted(input, target, weight, pos_weight)
+    return ops.binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
+                         reduction="mean"):
+    """torch.nn.functional.binary_cross_entropy on probabilities; logs clamped at -100."""
+    reduction = _reduction_enum(size_average, reduce, reduction)
+    if target.size() != input.size():
+        raise ValueError(f"Using a target size ({target.size()}) that is different to the input "
+                         f"size ({input.size()}) is deprecated. Please ensure they have the same "
+                         "size.")
+    if weight is not None:
+        weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
+    return ops.binary_cross_entropy(input, target, weight, reduction)
+
+
+def hinge_loss(input, target, margin=1.0, reduction="mean"):
+    """The lesson's binary hinge: max(0, margin - target * input), targets in {-1, +1}.
+
+    torch has no exact twin: it equals torch.clamp(margin - target * input, min=0) reduced by
+    `reduction` ('none', 'mean' or 'sum'), broadcasting input and target like that expression.
+    """
+    reduction = _reduction.get_enum(reduction)
+    input, target = _promoted(*torch.broadcast_tensors(input, target))
+    return ops.hinge_loss(input, target, float(margin), reduction)
+
+
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=None, reduce=None,
+                      reduction="mean"):
+    """torch.nn.functional.multi_margin_loss: the multi-class hinge (also for half types)."""
+    reduction = _reduction_enum(size_average, reduce, reduction)
+    if p not in (1, 2):
+        raise ValueError("only p == 1 and p == 2 supported")
+    if weight is not None:
+        if weight.dim() != 1:
+            raise ValueError("weight must be one-dimensional")
+        _check_weight(weight, "multi_margin_loss")
+    return ops.multi_margin_loss(input, target, p, float(margin), weight, reduction)

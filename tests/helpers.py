@@ -81,3 +81,28 @@ def assert_no_worse_than_torch(ours, theirs, reference, slack_ulps=1):
     err_torch = (theirs.double() - ref)[finite].abs().max().item()
     ulp = torch.finfo(ours.dtype).eps * max(ref[finite].abs().max().item(), 1e-30)
     assert err_ours <= err_torch + slack_ulps * ulp, (err_ours, err_torch, ulp)
+
+
+def assert_results_match(ours, theirs, reference, dtype, slack_ulps=2, atol_ulps=16,
+                         no_worse=None):
+    """Pairs of results (losses, gradients) of pyops and torch for the same inputs.
+
+    With no_worse (the default for half types): NaNs in the same places, and pyops no less
+    accurate than torch against a float64 `reference` computed from the same inputs, up to
+    `slack_ulps` of the largest value. Otherwise: equal to torch within `atol_ulps` of the
+    largest value (sums of many terms round differently).
+    """
+    no_worse = dtype in HALF_DTYPES if no_worse is None else no_worse
+    for o, t, r in zip(ours, theirs, reference):
+        assert o.dtype == t.dtype and o.shape == t.shape, (o.dtype, t.dtype, o.shape, t.shape)
+        assert torch.equal(torch.isnan(o), torch.isnan(t))
+        if not o.numel():
+            continue
+        eps = torch.finfo(dtype).eps
+        scale = r.double().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max().item()
+        if no_worse:
+            err_o = (o.double() - r.double()).abs().nan_to_num(nan=0.0).max().item()
+            err_t = (t.double() - r.double()).abs().nan_to_num(nan=0.0).max().item()
+            assert err_o <= err_t + slack_ulps * eps * max(scale, 1e-3), (err_o, err_t)
+        else:
+            assert_close(o, t, atol=atol_ulps * eps * max(1.0, scale))

@@ -11,7 +11,8 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import FLOAT_DTYPES, HALF_DTYPES, assert_close, device_params, make_tensor
+from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_results_match, device_params,
+                     make_tensor)
 
 # (input shape, class dim); targets take the input shape without the class dim.
 SHAPES = [((7,), 0), ((6, 5), 1), ((4, 5, 3), 1), ((2, 5, 3, 4), 1), ((3, 70, 130), 1),
@@ -53,23 +54,6 @@ def run_both(fn_ours, fn_torch, x, grad_seed=1, **kw):
     return (la, ga), (lb, gb)
 
 
-def check_pair(ours, theirs, reference, dtype):
-    """Half types: no less accurate than torch against a float64 reference (computed from the
-    same half inputs); others: equal to torch within tolerance."""
-    for o, t, r in zip(ours, theirs, reference):
-        if dtype in HALF_DTYPES:
-            assert o.dtype == t.dtype and o.shape == t.shape
-            assert torch.equal(torch.isnan(o), torch.isnan(t))
-            err_o = (o.double() - r.double()).abs().nan_to_num().max().item() if o.numel() else 0
-            err_t = (t.double() - r.double()).abs().nan_to_num().max().item() if t.numel() else 0
-            scale = r.double().abs().nan_to_num().max().item() if r.numel() else 0
-            assert err_o <= err_t + 2 * torch.finfo(dtype).eps * max(scale, 1e-3), (err_o, err_t)
-        else:
-            eps = torch.finfo(dtype).eps
-            scale = max(1.0, r.double().abs().nan_to_num().max().item()) if r.numel() else 1.0
-            assert_close(o, t, atol=16 * eps * scale)
-
-
 @device_params
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape,class_dim", SHAPES)
@@ -90,7 +74,7 @@ def test_class_targets_match_torch(device, dtype, shape, class_dim, reduction, s
         reference = run_both(TF.cross_entropy, TF.cross_entropy, x.double(), **kw64)[0]
     else:
         reference = theirs
-    check_pair(ours, theirs, reference, dtype)
+    assert_results_match(ours, theirs, reference, dtype)
 
 
 @device_params
@@ -134,7 +118,7 @@ def test_probability_targets_match_torch(device, dtype, shape, class_dim, reduct
         reference = (loss, *torch.autograd.grad(loss, (a, b), up))
     else:
         reference = results[1]
-    check_pair(results[0], results[1], reference, dtype)
+    assert_results_match(results[0], results[1], reference, dtype)
 
 
 @device_params
@@ -153,7 +137,7 @@ def test_non_contiguous_inputs_and_targets(device, layout, dtype):
                                 label_smoothing=smoothing)
         ref = run_both(TF.cross_entropy, TF.cross_entropy, x.double(), target=t,
                        label_smoothing=smoothing)[0]
-        check_pair(ours, theirs, ref if dtype in HALF_DTYPES else theirs, dtype)
+        assert_results_match(ours, theirs, ref if dtype in HALF_DTYPES else theirs, dtype)
 
 
 @device_params

@@ -16,6 +16,10 @@
 
 namespace pyops::cpu {
 
+// Half types compute in float; float and double in themselves.
+template <typename scalar_t>
+using acc_t = std::conditional_t<at::is_reduced_floating_point_v<scalar_t>, float, scalar_t>;
+
 // Asks Linux to back a fresh buffer with 2 MiB pages. A large new output otherwise costs one
 // page fault per 4 KiB on first write, which takes longer than the arithmetic; this is what
 // torch's own THP_MEM_ALLOC_ENABLE=1 does for every allocation.

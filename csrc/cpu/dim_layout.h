@@ -15,8 +15,6 @@ namespace pyops::cpu {
 
 using at::vec::Vectorized;
 
-template <typename scalar_t>
-using acc_t = std::conditional_t<at::is_reduced_floating_point_v<scalar_t>, float, scalar_t>;
 
 // ---- reductions along a contiguous row ------------------------------------------------------
 

@@ -1,0 +1,387 @@
+// The lesson's other losses on CPU: mse_loss, binary_cross_entropy(_with_logits), hinge_loss and
+// multi_margin_loss, forward and backward. The elementwise ones share one driver
+// (loss_common.h): operands in the input's layout, losses reduced on the fly (no per-element
+// buffer unless reduction='none').
+#include "dim_layout.h"
+#include "loss_common.h"
+
+#include <torch/library.h>
+
+namespace pyops::cpu {
+namespace {
+
+// Inputs of an elementwise loss, each dense and laid out exactly like x.
+struct Elementwise {
+  at::Tensor x, y, w, pos_w;
+};
+
+at::Tensor like_input(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                      const at::Tensor& input, const at::Tensor& x) {
+  if (!t || !t->defined()) return {};
+  TORCH_CHECK(t->scalar_type() == input.scalar_type(), op, ": expected ", name, " of dtype ",
+              input.scalar_type(), ", got ", t->scalar_type());
+  TORCH_CHECK(t->device() == input.device(), op, ": expected ", name, " on ", input.device(),
+              ", got ", t->device());
+  return in_layout_of(t->expand(input.sizes()), x);
+}
+
+Elementwise prepare(const char* op, const at::Tensor& input, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight = std::nullopt,
+                    const std::optional<at::Tensor>& pos_weight = std::nullopt) {
+  check_floating(op, input);
+  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", target.sizes(),
+              " must be the same as input size ", input.sizes());
+  Elementwise e;
+  e.x = dense(input);
+  e.y = like_input(op, "target", target, input, e.x);
+  e.w = like_input(op, "weight", weight, input, e.x);
+  e.pos_w = like_input(op, "pos_weight", pos_weight, input, e.x);
+  return e;
+}
+
+template <typename scalar_t>
+Operands<scalar_t> operands(const Elementwise& e) {
+  Operands<scalar_t> ops;
+  const auto bind = [&](Operand slot, const at::Tensor& t) {
+    ops.ptr[slot] = t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+    ops.fill[slot] = 1;
+  };
+  bind(kX, e.x);
+  bind(kY, e.y);
+  bind(kW, e.w);
+  bind(kPosW, e.pos_w);
+  bind(kGrad, at::Tensor());
+  return ops;
+}
+
+// The loss over every element, reduced; `denominator` divides the sum for 'mean'.
+template <typename LossFn>
+at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction, double denominator,
+                               const LossFn& loss_fn) {
+  check_reduction(reduction);
+  const int64_t n = e.x.numel();
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+    const auto ops = operands<scalar_t>(e);
+    if (reduction == kNone) {
+      result = output_like(e.x);
+      elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), n, loss_fn);
+      return;
+    }
+    const double total = elementwise_sum(ops, n, loss_fn);
+    result = at::scalar_tensor(reduction == kMean ? total / denominator : total,
+                               e.x.options().dtype(at::kDouble))
+                 .to(e.x.scalar_type());
+  });
+  return result;
+}
+
+// The input gradient, grad_fn(values) per element, values[kGrad] holding the upstream gradient
+// of that element (already divided by `denominator` for 'mean').
+template <typename GradFn>
+at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
+                                double denominator, const GradFn& grad_fn) {
+  check_reduction(reduction);
+  auto result = output_like(e.x);
+  at::Tensor g;
+  if (reduction == kNone) {
+    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ", e.x.sizes(),
+                ", got ", grad.sizes());
+    g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
+  } else {
+    TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
+                grad.sizes());
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+    auto ops = operands<scalar_t>(e);
+    if (g.defined()) {
+      ops.ptr[kGrad] = g.const_data_ptr<scalar_t>();
+    } else {
+      const double scale = grad.to(at::kDouble).item<double>();
+      ops.fill[kGrad] = static_cast<acc_t<scalar_t>>(reduction == kMean ? scale / denominator : scale);
+    }
+    elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), e.x.numel(), grad_fn);
+  });
+  return result;
+}
+
+// ---- mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch ------------------
+
+double mse_denominator(const Elementwise& e) {
+  return e.w.defined() ? e.w.sum(at::kDouble).item<double>() : static_cast<double>(e.x.numel());
+}
+
+at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, int64_t reduction) {
+  const auto e = prepare("pyops::mse_loss", input, target, weight);
+  return elementwise_forward(e, reduction, mse_denominator(e), [](const auto& v) {
+    const auto d = v[kX] - v[kY];
+    return d * d * v[kW];
+  });
+}
+
+at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             int64_t reduction) {
+  const auto e = prepare("pyops::mse_loss_backward", input, target, weight);
+  return elementwise_backward(grad, e, reduction, mse_denominator(e), [](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    return V(2) * (v[kX] - v[kY]) * v[kW] * v[kGrad];
+  });
+}
+
+// ---- binary_cross_entropy_with_logits ------------------------------------------------------
+// w * ((1 - y) x - lw * log_sigmoid(x)), lw = 1 + (pos_weight - 1) y; its x-derivative is
+// w * (lw * sigmoid(x) - pos_weight * y). log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) is
+// finite for every finite x.
+
+template <typename V>
+V log_sigmoid(const V& x) {
+  return at::vec::minimum(x, V(0)) - x.abs().neg().exp().log1p();
+}
+
+at::Tensor binary_cross_entropy_with_logits(const at::Tensor& input, const at::Tensor& target,
+                                            const std::optional<at::Tensor>& weight,
+                                            const std::optional<at::Tensor>& pos_weight,
+                                            int64_t reduction) {
+  const auto e = prepare("pyops::binary_cross_entropy_with_logits", input, target, weight,
+                         pos_weight);
+  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
+    return ((V(1) - v[kY]) * v[kX] - lw * log_sigmoid(v[kX])) * v[kW];
+  });
+}
+
+at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
+                                                     const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& pos_weight,
+                                                     int64_t reduction) {
+  const auto e = prepare("pyops::binary_cross_entropy_with_logits_backward", input, target,
+                         weight, pos_weight);
+  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
+                              [](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
+    const V sigmoid = (V(1) + v[kX].neg().exp()).reciprocal();
+    return (lw * sigmoid - v[kPosW] * v[kY]) * v[kW] * v[kGrad];
+  });
+}
+
+// ---- binary_cross_entropy on probabilities ----------------------------------------------------
+// -w * (y * max(log x, -100) + (1 - y) * max(log(1 - x), -100)), as torch clamps the logs;
+// x-derivative w * (x - y) / max(x (1 - x), 1e-12).
+
+void check_probabilities(const Elementwise& e) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+    const double outside = elementwise_sum(operands<scalar_t>(e), e.x.numel(), [](const auto& v) {
+      using V = std::decay_t<decltype(v[kX])>;
+      return V::blendv(V(1), V(0), (v[kX] >= V(0)) & (v[kX] <= V(1)));
+    });
+    TORCH_CHECK(outside == 0, "all elements of input should be between 0 and 1");
+  });
+}
+
+at::Tensor binary_cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction) {
+  const auto e = prepare("pyops::binary_cross_entropy", input, target, weight);
+  check_probabilities(e);
+  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    const V log_x = at::vec::maximum(v[kX].log(), V(-100));
+    const V log_1mx = at::vec::maximum(v[kX].neg().log1p(), V(-100));
+    return ((v[kY] - V(1)) * log_1mx - v[kY] * log_x) * v[kW];
+  });
+}
+
+at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
+                                         const at::Tensor& target,
+                                         const std::optional<at::Tensor>& weight,
+                                         int64_t reduction) {
+  const auto e = prepare("pyops::binary_cross_entropy_backward", input, target, weight);
+  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
+                              [](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    const V denom = at::vec::maximum((V(1) - v[kX]) * v[kX], V(1e-12));
+    return v[kGrad] * v[kW] * (v[kX] - v[kY]) / denom;
+  });
+}
+
+// ---- hinge_loss: max(0, margin - y * x), the lesson's binary hinge -----------------------------
+
+at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double margin,
+                      int64_t reduction) {
+  const auto e = prepare("pyops::hinge_loss", input, target);
+  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [margin](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    return at::vec::maximum(V(margin) - v[kY] * v[kX], V(0));
+  });
+}
+
+// The subgradient of torch.clamp(margin - y * x, min=0): -y where margin - y * x >= 0.
+at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                               const at::Tensor& target, double margin, int64_t reduction) {
+  const auto e = prepare("pyops::hinge_loss_backward", input, target);
+  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
+                              [margin](const auto& v) {
+    using V = std::decay_t<decltype(v[kX])>;
+    const V active = (V(margin) - v[kY] * v[kX]) >= V(0);
+    return V::blendv(V(0), (v[kY] * v[kGrad]).neg(), active);
+  });
+}
+
+// ---- multi_margin_loss ----------------------------------------------------------------------
+// Row loss: w_t / C * sum over j != t of h(margin - x_t + x_j)^p, h(z) = z for z > 0, else 0
+// (NaN included, as torch).
+
+struct MarginRows {
+  at::Tensor x;       // (rows, classes), contiguous
+  at::Tensor target;  // (rows), int64, contiguous
+  at::Tensor weight;  // (classes), accumulation dtype, or undefined
+  int64_t rows, classes;
+};
+
+MarginRows prepare_margin(const char* op, const at::Tensor& input, const at::Tensor& target,
+                          int64_t p, const std::optional<at::Tensor>& weight) {
+  check_floating(op, input);
+  TORCH_CHECK(p == 1 || p == 2, op, ": only p == 1 and p == 2 supported");
+  TORCH_CHECK(input.dim() <= 2 && (input.dim() < 2 || input.size(1) > 0), op,
+              ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
+              input.sizes());
+  MarginRows m;
+  m.rows = input.dim() == 2 ? input.size(0) : 1;
+  m.classes = input.dim() == 0 ? 1 : input.size(-1);
+  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": expected scalar type Long but found ",
+              target.scalar_type());
+  TORCH_CHECK(target.numel() == m.rows && target.dim() <= 1, op,
+              ": target tensor should be 1-D with size equal to the number of input samples "
+              "(batch size). Expected target size [", m.rows, "], but got ", target.sizes());
+  TORCH_CHECK(target.device() == input.device(), op, ": target must be on ", input.device());
+  if (weight && weight->defined()) {
+    TORCH_CHECK(weight->dim() == 1 && weight->numel() == m.classes, op,
+                ": inconsistent weight size, expected ", m.classes, " but got ", weight->sizes());
+    TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected weight of dtype ",
+                input.scalar_type(), ", got ", weight->scalar_type());
+    m.weight = weight->to(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+  }
+  m.x = input.reshape({m.rows, m.classes}).contiguous();
+  m.target = target.reshape({m.rows}).contiguous();
+  return m;
+}
+
+int64_t checked_margin_target(int64_t t, int64_t classes) {
+  TORCH_CHECK(t >= 0 && t < classes, "target out of range");
+  return t;
+}
+
+// Calls fn(row, x (classes values in T), t, w_t) for every row, in parallel; half rows are
+// widened into a per-thread buffer.
+template <typename scalar_t, typename Fn>
+void for_each_margin_row(const MarginRows& m, const Fn& fn) {
+  using T = acc_t<scalar_t>;
+  const scalar_t* xp = m.x.const_data_ptr<scalar_t>();
+  const int64_t* tp = m.target.const_data_ptr<int64_t>();
+  const T* wp = m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / m.classes);
+  at::parallel_for(0, m.rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> widened;
+    for (int64_t r = begin; r < end; ++r) {
+      const T* x;
+      if constexpr (std::is_same_v<T, scalar_t>) {
+        x = xp + r * m.classes;
+      } else {
+        widened.resize(m.classes);
+        at::vec::convert(xp + r * m.classes, widened.data(), m.classes);
+        x = widened.data();
+      }
+      const int64_t t = checked_margin_target(tp[r], m.classes);
+      fn(r, x, t, wp ? wp[t] : T(1));
+    }
+  });
+}
+
+// Sum over j != skip of fn(x_j).
+template <typename T, typename MapFn>
+T row_sum_excluding(const MapFn& fn, const T* x, int64_t n, int64_t skip) {
+  return row_map_sum<T>(fn, skip, x) + row_map_sum<T>(fn, n - skip - 1, x + skip + 1);
+}
+
+template <typename V>
+V positive_part(const V& z) {
+  return V::blendv(V(0), z, z > V(0));
+}
+
+at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
+                             double margin, const std::optional<at::Tensor>& weight,
+                             int64_t reduction) {
+  check_reduction(reduction);
+  const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto losses = at::empty({m.rows}, input.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    using V = Vectorized<T>;
+    T* lp = losses.mutable_data_ptr<T>();
+    for_each_margin_row<scalar_t>(m, [&](int64_t r, const T* x, int64_t t, T w_t) {
+      const V shift(static_cast<T>(margin) - x[t]);
+      const auto term = [&](V v) {
+        const V h = positive_part(shift + v);
+        return p == 1 ? h : h * h;
+      };
+      const T sum = row_sum_excluding(term, x, m.classes, t);
+      lp[r] = sum * w_t / m.classes;
+    });
+  });
+  std::vector<int64_t> shape;
+  if (input.dim() == 2) shape.push_back(m.rows);
+  return reduce_losses(losses, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
+                       shape, input.scalar_type());
+}
+
+at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                                      const at::Tensor& target, int64_t p, double margin,
+                                      const std::optional<at::Tensor>& weight,
+                                      int64_t reduction) {
+  check_reduction(reduction);
+  const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
+  auto result = at::empty({m.rows, m.classes}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = acc_t<scalar_t>;
+    using V = Vectorized<T>;
+    const GradScale<T> scale(grad, reduction,
+                             at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows);
+    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
+    for_each_margin_row<scalar_t>(m, [&](int64_t r, const T* x, int64_t t, T w_t) {
+      thread_local std::vector<T> row;
+      row.resize(m.classes);
+      const V shift(static_cast<T>(margin) - x[t]);
+      const V coef(scale[r] * w_t / m.classes * (p == 1 ? T(1) : T(2)));
+      vec_map([&](V v) {
+        const V z = shift + v;
+        return V::blendv(V(0), p == 1 ? coef : coef * z, z > V(0));
+      }, row.data(), m.classes, x);
+      row[t] = -row_sum_excluding([](V v) { return v; }, row.data(), m.classes, t);
+      at::vec::convert(row.data(), rp + r * m.classes, m.classes);
+    });
+  });
+  return result.view(input.sizes());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CPU, m) {
+  m.impl("mse_loss", &mse_loss);
+  m.impl("mse_loss_backward", &mse_loss_backward);
+  m.impl("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
+  m.impl("binary_cross_entropy_with_logits_backward", &binary_cross_entropy_with_logits_backward);
+  m.impl("binary_cross_entropy", &binary_cross_entropy);
+  m.impl("binary_cross_entropy_backward", &binary_cross_entropy_backward);
+  m.impl("hinge_loss", &hinge_loss);
+  m.impl("hinge_loss_backward", &hinge_loss_backward);
+  m.impl("multi_margin_loss", &multi_margin_loss);
+  m.impl("multi_margin_loss_backward", &multi_margin_loss_backward);
+}
+
+}  // namespace pyops::cpu
