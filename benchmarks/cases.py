@@ -191,10 +191,57 @@ def cross_entropy_cases(cfg):
                                          smoothing=smoothing))
 
 
+# ---- the lesson's other losses ---------------------------------------------------------------
+
+def _hinge_expression(x, y):
+    return torch.clamp(1 - y * x, min=0).mean()
+
+
+LOSSES = {
+    # name: (pyops, torch peer, makes (input, target) from a shape)
+    "mse_loss": (PF.mse_loss, TF.mse_loss, lambda g, s: (g(s), g(s))),
+    "binary_cross_entropy": (PF.binary_cross_entropy, TF.binary_cross_entropy,
+                             lambda g, s: (g(s).sigmoid(), g(s).sigmoid())),
+    "binary_cross_entropy_with_logits": (PF.binary_cross_entropy_with_logits,
+                                         TF.binary_cross_entropy_with_logits,
+                                         lambda g, s: (g(s), g(s).sigmoid())),
+    "hinge_loss": (PF.hinge_loss, _hinge_expression, lambda g, s: (g(s), g(s).sign())),
+    "multi_margin_loss": (PF.multi_margin_loss, TF.multi_margin_loss,
+                          lambda g, s: (g(s), torch.randint(0, s[1], s[:1], device=g(()).device))),
+}
+
+
+def _loss_impls(cfg, name, shape, dtype):
+    ours, theirs, make = LOSSES[name]
+    x, y = make(lambda s: torch.randn(s, dtype=dtype, device=cfg.device), shape)
+    x.requires_grad_()
+    fns = {"torch": theirs, "pyops": ours}
+    if "torch.compile" in cfg.peers:
+        fns["torch.compile"] = _compiled(theirs)
+    return {impl: functools.partial(_fwd_bwd(fn), x, y) for impl, fn in fns.items()}
+
+
+def loss_cases(cfg):
+    for name in LOSSES:
+        if name == "multi_margin_loss":
+            shapes = [(256, 256)] if cfg.quick else [(4096, 1024), (16384, 1024)]
+        else:
+            shapes = [(1 << 16,)] if cfg.quick else [(1 << 22,), (1 << 24,)]
+        for dtype in cfg.dtypes:
+            for shape in shapes:
+                n = 1
+                for s in shape:
+                    n *= s
+                # input and target read once, the gradient written once
+                yield Case(name, "fwd+bwd", dtype, shape, "mean", 3 * n * dtype.itemsize,
+                           functools.partial(_loss_impls, name=name, shape=shape, dtype=dtype))
+
+
 FAMILIES = {
     "activations": (tuple(ACTIVATIONS), activation_cases),
     "softmax": (tuple(SOFTMAXES), softmax_cases),
     "cross_entropy": (("cross_entropy",), cross_entropy_cases),
+    "losses": (tuple(LOSSES), loss_cases),
 }
 
 

@@ -33,9 +33,15 @@ inline void advise_huge_pages(void* data, size_t nbytes) {
 #endif
 }
 
-// at::empty_like for a kernel's output, with huge pages for large ones.
+// at::empty_like / at::empty for a kernel's output, with huge pages for large ones.
 inline at::Tensor output_like(const at::Tensor& like) {
   auto out = at::empty_like(like);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
+  return out;
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  auto out = at::empty(sizes, options);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }

@@ -346,7 +346,7 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
                                       int64_t reduction) {
   check_reduction(reduction);
   const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
-  auto result = at::empty({m.rows, m.classes}, input.options());
+  auto result = new_output({m.rows, m.classes}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = acc_t<scalar_t>;
     using V = Vectorized<T>;
