@@ -59,12 +59,13 @@ def run(args):
     )
     min_run_time = 0.05 if args.quick else 0.3
     copy_bps = harness.copy_bandwidth(args.device, min_run_time=min_run_time)
+    cache = harness.cache_bytes(args.device)
     selected = list(C.select_cases(cfg, args.ops.split(",")))
     progress = _progress(len(selected))
     records = []
     for case in selected:
         try:
-            fns = case.build(cfg)
+            fns = case.build(cfg, harness.input_copies(case.nbytes, cache))
             missing = {}
         except Exception as err:  # a peer that cannot run this case is reported, not dropped
             fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}

@@ -1,18 +1,19 @@
 """What the suite measures: one Case per op × direction × dtype × shape.
 
 A case knows the minimum bytes its op must move (each input read once, each output written
-once) and builds, on demand, one zero-argument function per implementation.
+once), how to make a fresh set of inputs, and its implementations: torch's built-in, pyops,
+and the peers asked for. Each implementation takes the inputs as arguments.
 """
 
 import dataclasses
 import functools
+import itertools
 from typing import Callable
 
 import torch
+import torch.nn.functional as TF
 
 import pyops.functional as PF
-
-import torch.nn.functional as TF
 
 aten = torch.ops.aten
 ops = torch.ops.pyops
@@ -35,11 +36,25 @@ class Case:
     shape: tuple
     params: str          # op arguments that are not shape or dtype, e.g. "dim=1"
     nbytes: int
-    build: Callable      # (Config) -> {implementation name: zero-argument function}
+    make_inputs: Callable  # (Config) -> tuple of fresh input tensors
+    impls: Callable        # (Config) -> {implementation name: fn(*inputs)}
 
     @property
     def label(self):
         return shape_label(self.shape)
+
+    def build(self, cfg, copies):
+        """Zero-argument functions per implementation. With copies > 1 each call takes the next of
+        `copies` input sets, so that inputs smaller than the cache are not served from it."""
+        input_sets = [self.make_inputs(cfg) for _ in range(copies)]
+        fns = {}
+        for name, fn in self.impls(cfg).items():
+            if copies == 1:
+                fns[name] = functools.partial(fn, *input_sets[0])
+            else:
+                cycle = itertools.cycle(input_sets)
+                fns[name] = lambda fn=fn, cycle=cycle: fn(*next(cycle))
+        return fns
 
 
 def shape_label(shape):
@@ -48,17 +63,28 @@ def shape_label(shape):
     return "x".join(str(s) for s in shape)
 
 
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def _compiled(fn):
     # A fresh cache per case: each shape and dtype compiles once, never hitting the recompile limit.
     torch._dynamo.reset()
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
-def _with_peers(cfg, torch_fn, pyops_fn, args):
-    fns = {"torch": functools.partial(torch_fn, *args), "pyops": functools.partial(pyops_fn, *args)}
+def _peers(cfg, torch_fn, pyops_fn):
+    fns = {"torch": torch_fn, "pyops": pyops_fn}
     if "torch.compile" in cfg.peers:
-        fns["torch.compile"] = functools.partial(_compiled(torch_fn), *args)
+        fns["torch.compile"] = _compiled(torch_fn)
     return fns
+
+
+def _randn(shape, dtype, cfg):
+    return torch.randn(shape, dtype=dtype, device=cfg.device)
 
 
 # ---- activations --------------------------------------------------------------------------
@@ -71,36 +97,26 @@ ACTIVATIONS = {
 }
 
 
-def _activation_fwd(name, n, dtype, cfg):
-    torch_fwd, _, pyops_fwd, _ = ACTIVATIONS[name]
-    x = torch.randn(n, dtype=dtype, device=cfg.device)
-    return _with_peers(cfg, torch_fwd, pyops_fwd, (x,))
-
-
-def _activation_bwd(name, n, dtype, cfg):
-    torch_fwd, torch_bwd, _, pyops_bwd = ACTIVATIONS[name]
-    grad = torch.randn(n, dtype=dtype, device=cfg.device)
-    out = torch_fwd(torch.randn(n, dtype=dtype, device=cfg.device))
-    return _with_peers(cfg, torch_bwd, pyops_bwd, (grad, out))
-
-
 def activation_cases(cfg):
     exponents = (16, 20) if cfg.quick else (16, 18, 20, 22, 24, 26)
-    for name in ACTIVATIONS:
+    for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in ACTIVATIONS.items():
         for dtype in cfg.dtypes:
-            size = dtype.itemsize
             for e in exponents:
-                n = 1 << e
-                yield Case(name, "fwd", dtype, (n,), "", 2 * n * size,
-                           functools.partial(_activation_fwd, name, n, dtype))
-                yield Case(name, "bwd", dtype, (n,), "", 3 * n * size,
-                           functools.partial(_activation_bwd, name, n, dtype))
+                shape = (1 << e,)
+                nbytes = _numel(shape) * dtype.itemsize
+                yield Case(name, "fwd", dtype, shape, "", 2 * nbytes,
+                           lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
+                           lambda cfg, f=torch_fwd, p=pyops_fwd: _peers(cfg, f, p))
+                yield Case(name, "bwd", dtype, shape, "", 3 * nbytes,
+                           lambda cfg, s=shape, d=dtype, f=torch_fwd:
+                               (_randn(s, d, cfg), f(_randn(s, d, cfg))),
+                           lambda cfg, f=torch_bwd, p=pyops_bwd: _peers(cfg, f, p))
 
 
 # ---- softmax, log_softmax ------------------------------------------------------------------
 
 SOFTMAXES = {
-    # name: (torch forward, torch backward, pyops forward, pyops backward), all (…, dim)
+    # name: (torch forward, torch backward, pyops forward, pyops backward)
     "softmax": (torch.softmax, aten._softmax_backward_data, ops.softmax, ops.softmax_backward),
     "log_softmax": (torch.log_softmax, aten._log_softmax_backward_data, ops.log_softmax,
                     ops.log_softmax_backward),
@@ -110,67 +126,46 @@ SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1),
 SOFTMAX_QUICK_SHAPES = [((256, 1024), -1), ((16, 256, 64), 1)]
 
 
-def _softmax_fwd(name, shape, dim, dtype, cfg):
-    torch_fwd, _, pyops_fwd, _ = SOFTMAXES[name]
-    x = torch.randn(shape, dtype=dtype, device=cfg.device)
-    return _with_peers(cfg, torch_fwd, pyops_fwd, (x, dim))
-
-
-def _softmax_bwd(name, shape, dim, dtype, cfg):
-    torch_fwd, torch_bwd, _, pyops_bwd = SOFTMAXES[name]
-    grad = torch.randn(shape, dtype=dtype, device=cfg.device)
-    out = torch_fwd(torch.randn(shape, dtype=dtype, device=cfg.device), dim)
-    fns = _with_peers(cfg, lambda g, y, d: torch_bwd(g, y, d, dtype), pyops_bwd, (grad, out, dim))
-    return fns
-
-
 def softmax_cases(cfg):
-    for name in SOFTMAXES:
+    for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in SOFTMAXES.items():
         for dtype in cfg.dtypes:
             for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else SOFTMAX_SHAPES:
-                n = 1
-                for s in shape:
-                    n *= s
-                size = dtype.itemsize
+                nbytes = _numel(shape) * dtype.itemsize
                 params = f"dim={dim}"
-                yield Case(name, "fwd", dtype, shape, params, 2 * n * size,
-                           functools.partial(_softmax_fwd, name, shape, dim, dtype))
-                yield Case(name, "bwd", dtype, shape, params, 3 * n * size,
-                           functools.partial(_softmax_bwd, name, shape, dim, dtype))
+                yield Case(name, "fwd", dtype, shape, params, 2 * nbytes,
+                           lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
+                           lambda cfg, f=torch_fwd, p=pyops_fwd, dim=dim:
+                               _peers(cfg, lambda x: f(x, dim), lambda x: p(x, dim)))
+                yield Case(name, "bwd", dtype, shape, params, 3 * nbytes,
+                           lambda cfg, s=shape, d=dtype, f=torch_fwd, dim=dim:
+                               (_randn(s, d, cfg), f(_randn(s, d, cfg), dim)),
+                           lambda cfg, f=torch_bwd, p=pyops_bwd, dim=dim, d=dtype:
+                               _peers(cfg, lambda g, y: f(g, y, dim, d), lambda g, y: p(g, y, dim)))
 
 
-# ---- cross_entropy --------------------------------------------------------------------------
+# ---- losses: forward, and forward+backward ----------------------------------------------------
+
+def _fwd_bwd(loss_fn):
+    """loss and the input's gradient (returned, not accumulated, so every call does the same work)."""
+    def run(x, *rest):
+        return torch.autograd.grad(loss_fn(x, *rest), x)[0]
+    return run
+
+
+def _loss_peers(cfg, direction, torch_fn, pyops_fn):
+    fns = _peers(cfg, torch_fn, pyops_fn)
+    return fns if direction == "fwd" else {name: _fwd_bwd(fn) for name, fn in fns.items()}
+
 
 CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256)]
 CE_QUICK_SHAPES = [(64, 1000)]
 
 
-def _class_targets(n, classes, device, ignored_fraction=0.1):
-    gen = torch.Generator().manual_seed(0)
-    t = torch.randint(0, classes, (n,), generator=gen)
-    t[torch.rand(n, generator=gen) < ignored_fraction] = -100
-    return t.to(device)
-
-
-def _fwd_bwd(loss_fn):
-    """loss and the logits' gradient (returned, not accumulated, so every call does the same work)."""
-    def run(x, t):
-        return torch.autograd.grad(loss_fn(x, t), x)[0]
-    return run
-
-
-def _ce_impls(cfg, direction, shape, dtype, smoothing):
+def _ce_inputs(cfg, shape, dtype, requires_grad, ignored_fraction=0.1):
     n, classes = shape
-    x = torch.randn(shape, dtype=dtype, device=cfg.device).requires_grad_(direction != "fwd")
-    t = _class_targets(n, classes, cfg.device)
-    ours = functools.partial(PF.cross_entropy, label_smoothing=smoothing)
-    theirs = functools.partial(TF.cross_entropy, label_smoothing=smoothing)
-    fns = {"torch": theirs, "pyops": ours}
-    if "torch.compile" in cfg.peers:
-        fns["torch.compile"] = _compiled(theirs)
-    if direction != "fwd":
-        fns = {name: _fwd_bwd(fn) for name, fn in fns.items()}
-    return {name: functools.partial(fn, x, t) for name, fn in fns.items()}
+    t = torch.randint(0, classes, (n,))
+    t[torch.rand(n) < ignored_fraction] = -100
+    return _randn(shape, dtype, cfg).requires_grad_(requires_grad), t.to(cfg.device)
 
 
 def cross_entropy_cases(cfg):
@@ -178,63 +173,57 @@ def cross_entropy_cases(cfg):
     variants = [(shape, 0.0) for shape in shapes] + [(shapes[0], 0.1)]
     for dtype in cfg.dtypes:
         for shape, smoothing in variants:
-            n, classes = shape
-            size = dtype.itemsize
+            logits = _numel(shape) * dtype.itemsize
             params = "ignore~10%" + (f" smoothing={smoothing}" if smoothing else "")
-            # minimum traffic: logits read once (+ targets); fwd+bwd also writes the gradient once
-            yield Case("cross_entropy", "fwd", dtype, shape, params, n * classes * size + 8 * n,
-                       functools.partial(_ce_impls, direction="fwd", shape=shape, dtype=dtype,
-                                         smoothing=smoothing))
-            yield Case("cross_entropy", "fwd+bwd", dtype, shape, params,
-                       2 * n * classes * size + 8 * n,
-                       functools.partial(_ce_impls, direction="fwd+bwd", shape=shape, dtype=dtype,
-                                         smoothing=smoothing))
+            ours = functools.partial(PF.cross_entropy, label_smoothing=smoothing)
+            theirs = functools.partial(TF.cross_entropy, label_smoothing=smoothing)
+            # minimum traffic: logits and targets read once; fwd+bwd also writes the gradient once
+            for direction, nbytes in (("fwd", logits), ("fwd+bwd", 2 * logits)):
+                yield Case("cross_entropy", direction, dtype, shape, params, nbytes + 8 * shape[0],
+                           lambda cfg, s=shape, d=dtype, r=direction != "fwd": _ce_inputs(cfg, s, d, r),
+                           lambda cfg, r=direction, o=ours, t=theirs: _loss_peers(cfg, r, t, o))
 
-
-# ---- the lesson's other losses ---------------------------------------------------------------
 
 def _hinge_expression(x, y):
     return torch.clamp(1 - y * x, min=0).mean()
 
 
 LOSSES = {
-    # name: (pyops, torch peer, makes (input, target) from a shape)
-    "mse_loss": (PF.mse_loss, TF.mse_loss, lambda g, s: (g(s), g(s))),
+    # name: (pyops, torch peer, (input, target) from a shape, dtype and config)
+    "mse_loss": (PF.mse_loss, TF.mse_loss,
+                 lambda s, d, cfg: (_randn(s, d, cfg), _randn(s, d, cfg))),
     "binary_cross_entropy": (PF.binary_cross_entropy, TF.binary_cross_entropy,
-                             lambda g, s: (g(s).sigmoid(), g(s).sigmoid())),
+                             lambda s, d, cfg: (_randn(s, d, cfg).sigmoid(),
+                                                _randn(s, d, cfg).sigmoid())),
     "binary_cross_entropy_with_logits": (PF.binary_cross_entropy_with_logits,
                                          TF.binary_cross_entropy_with_logits,
-                                         lambda g, s: (g(s), g(s).sigmoid())),
-    "hinge_loss": (PF.hinge_loss, _hinge_expression, lambda g, s: (g(s), g(s).sign())),
+                                         lambda s, d, cfg: (_randn(s, d, cfg),
+                                                            _randn(s, d, cfg).sigmoid())),
+    "hinge_loss": (PF.hinge_loss, _hinge_expression,
+                   lambda s, d, cfg: (_randn(s, d, cfg), _randn(s, d, cfg).sign())),
     "multi_margin_loss": (PF.multi_margin_loss, TF.multi_margin_loss,
-                          lambda g, s: (g(s), torch.randint(0, s[1], s[:1], device=g(()).device))),
+                          lambda s, d, cfg: (_randn(s, d, cfg),
+                                             torch.randint(0, s[1], s[:1], device=cfg.device))),
 }
 
 
-def _loss_impls(cfg, name, shape, dtype):
-    ours, theirs, make = LOSSES[name]
-    x, y = make(lambda s: torch.randn(s, dtype=dtype, device=cfg.device), shape)
-    x.requires_grad_()
-    fns = {"torch": theirs, "pyops": ours}
-    if "torch.compile" in cfg.peers:
-        fns["torch.compile"] = _compiled(theirs)
-    return {impl: functools.partial(_fwd_bwd(fn), x, y) for impl, fn in fns.items()}
-
-
 def loss_cases(cfg):
-    for name in LOSSES:
+    for name, (ours, theirs, make) in LOSSES.items():
         if name == "multi_margin_loss":
             shapes = [(256, 256)] if cfg.quick else [(4096, 1024), (16384, 1024)]
         else:
             shapes = [(1 << 16,)] if cfg.quick else [(1 << 22,), (1 << 24,)]
         for dtype in cfg.dtypes:
             for shape in shapes:
-                n = 1
-                for s in shape:
-                    n *= s
                 # input and target read once, the gradient written once
-                yield Case(name, "fwd+bwd", dtype, shape, "mean", 3 * n * dtype.itemsize,
-                           functools.partial(_loss_impls, name=name, shape=shape, dtype=dtype))
+                yield Case(name, "fwd+bwd", dtype, shape, "mean", 3 * _numel(shape) * dtype.itemsize,
+                           lambda cfg, m=make, s=shape, d=dtype: _requires_grad_first(m(s, d, cfg)),
+                           lambda cfg, o=ours, t=theirs: _loss_peers(cfg, "fwd+bwd", t, o))
+
+
+def _requires_grad_first(inputs):
+    inputs[0].requires_grad_()
+    return inputs
 
 
 FAMILIES = {

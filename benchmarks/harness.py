@@ -86,6 +86,23 @@ def copy_bandwidth(device, nbytes=1 << 28, min_run_time=0.3):
     return 2 * nbytes / median
 
 
+def cache_bytes(device):
+    """The last-level cache that repeated calls could be served from."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties().L2_cache_size
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]]
+    except (OSError, ValueError, KeyError):
+        return 32 << 20
+
+
+def input_copies(case_bytes, cache, limit=64):
+    """How many input sets to rotate through so that together they exceed twice the cache."""
+    return max(1, min(limit, -(-2 * cache // max(case_bytes, 1))))
+
+
 def _cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
