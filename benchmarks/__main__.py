@@ -117,9 +117,8 @@ def main(argv=None):
     print(f"copy bandwidth: {results['copy_gbps']:.1f} GB/s  ({results['machine']['cpu']}, "
           f"{results['machine']['threads']} threads)")
     print(report.text_table(results["records"]))
-    print("\npyops / torch time, geometric mean over sizes and dtypes:")
-    for op, direction, ratio, n in report.summary(results["records"]):
-        print(f"  {op:28} {direction:8} {ratio:.2f}  ({n} rows)")
+    print("\nTime ratio, geometric mean over shapes and dtypes (rows); below 1: pyops is faster")
+    print(report.summary_markdown(results["records"]))
     print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}"
           + "".join(f", {p.name}" for p in plots))
     return 0

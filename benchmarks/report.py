@@ -72,6 +72,9 @@ def markdown_report(results):
     out.append("")
     out.append("Times are medians; `vs torch` is time / torch eager's time in the same run (below 1 "
                "is faster); `*` marks the fastest implementation of a row.")
+    out += ["", "## Summary", "",
+            "Time ratio, geometric mean over the shapes and dtypes measured (number of rows in "
+            "brackets); below 1 means pyops is faster.", "", summary_markdown(results["records"])]
     by_op = collections.OrderedDict()
     for r in results["records"]:
         by_op.setdefault(r["op"], []).append(r)
@@ -82,13 +85,37 @@ def markdown_report(results):
     return "\n".join(out) + "\n"
 
 
+def _geomean(values):
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
 def summary(records, impl="pyops"):
     """Geometric mean of impl's time ratio against torch, per op and direction."""
     groups = collections.OrderedDict()
     for r in records:
         if r["impl"] == impl and r["ratio_vs_torch"]:
             groups.setdefault((r["op"], r["direction"]), []).append(r["ratio_vs_torch"])
-    return [(op, d, math.exp(sum(map(math.log, v)) / len(v)), len(v)) for (op, d), v in groups.items()]
+    return [(op, d, _geomean(v), len(v)) for (op, d), v in groups.items()]
+
+
+def summary_markdown(records):
+    """Per op and direction: pyops' time over each peer's, geometric mean over shapes and dtypes."""
+    peers = [p for p in dict.fromkeys(r["impl"] for r in records) if p != "pyops"]
+    ratios = collections.OrderedDict()
+    for (op, direction, *_), group in _rows_by_case(records).items():
+        times = {r["impl"]: r["median_s"] for r in group if r["median_s"]}
+        if "pyops" not in times:
+            continue
+        row = ratios.setdefault((op, direction), {p: [] for p in peers})
+        for p in peers:
+            if p in times:
+                row[p].append(times["pyops"] / times[p])
+    lines = ["| op | dir | " + " | ".join(f"pyops / {p}" for p in peers) + " |",
+             "|---|---|" + "---|" * len(peers)]
+    for (op, direction), row in ratios.items():
+        cells = [f"{_geomean(v):.2f} ({len(v)})" if v else "-" for v in row.values()]
+        lines.append(f"| {op} | {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_plots(results, out_dir):

@@ -32,7 +32,15 @@ def test_quick_run_writes_results(tmp_path):
         assert r["shape"] == "2^16" and r["dtype"] == "float32"
         assert r["median_s"] > 0 and r["gbps"] > 0 and r["peak_extra_bytes"] is not None
     assert all(r["ratio_vs_torch"] == 1.0 for r in records if r["impl"] == "torch")
-    assert (tmp_path / "report.md").read_text().startswith("# pyops benchmark report")
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# pyops benchmark report") and "## Summary" in report
+    assert "| relu | fwd |" in report
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "bandwidth_relu.png").stat().st_size > 0
+    assert (tmp_path / "speedup.png").stat().st_size > 0
 
 
 def test_compare_reports_changes(tmp_path):
