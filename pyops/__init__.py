@@ -9,6 +9,7 @@ _C, _cpu_isa = _loader.load()
 
 from . import _autograd  # noqa: E402  (registers fake kernels and autograd on the loaded ops)
 from . import functional, nn  # noqa: E402
+from ._integration import convert, patch  # noqa: E402
 
 
 def build_info():
@@ -24,4 +25,4 @@ def build_info():
     }
 
 
-__all__ = ["functional", "nn", "build_info", "__version__"]
+__all__ = ["functional", "nn", "build_info", "convert", "patch", "__version__"]

@@ -8,54 +8,33 @@ __all__ = ["Sigmoid", "Tanh", "ReLU", "Softmax", "LogSoftmax", "CrossEntropyLoss
            "MSELoss", "BCELoss", "BCEWithLogitsLoss", "HingeLoss", "MultiMarginLoss"]
 
 
-class Sigmoid(nn.Module):
+# Each module subclasses torch's: the same constructor, state, repr and pickling; only the
+# computation differs. So pyops.convert can swap a module's class in place.
+
+class Sigmoid(nn.Sigmoid):
     def forward(self, input):
         return F.sigmoid(input)
 
 
-class Tanh(nn.Module):
+class Tanh(nn.Tanh):
     def forward(self, input):
         return F.tanh(input)
 
 
-class ReLU(nn.Module):
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
-
+class ReLU(nn.ReLU):
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
 
-
-class Softmax(nn.Module):
-    def __init__(self, dim=None):
-        super().__init__()
-        self.dim = dim
-
+class Softmax(nn.Softmax):
     def forward(self, input):
         return F.softmax(input, self.dim, _stacklevel=5)
 
-    def extra_repr(self):
-        return f"dim={self.dim}"
 
-
-class LogSoftmax(nn.Module):
-    def __init__(self, dim=None):
-        super().__init__()
-        self.dim = dim
-
+class LogSoftmax(nn.LogSoftmax):
     def forward(self, input):
         return F.log_softmax(input, self.dim, _stacklevel=5)
 
-    def extra_repr(self):
-        return f"dim={self.dim}"
-
-
-# Losses subclass torch's modules: the same constructor, buffers, state_dict and repr; only the
-# computation differs.
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     def forward(self, input, target):

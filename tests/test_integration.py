@@ -1,0 +1,163 @@
+"""pyops inside existing torch code: convert, patch, autocast, export, training."""
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import pyops
+import pyops.functional as PF
+from helpers import assert_close, device_params, make_tensor
+
+TORCH_MODULES = [
+    torch.nn.Sigmoid(), torch.nn.Tanh(), torch.nn.ReLU(inplace=True), torch.nn.Softmax(dim=0),
+    torch.nn.LogSoftmax(dim=1), torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=3),
+    torch.nn.NLLLoss(reduction="sum"), torch.nn.MSELoss(reduction="none"),
+    torch.nn.BCELoss(weight=torch.rand(5)), torch.nn.BCEWithLogitsLoss(pos_weight=torch.rand(5)),
+    torch.nn.MultiMarginLoss(p=2, margin=0.5, weight=torch.rand(5)),
+]
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                        torch.nn.Tanh(), torch.nn.GELU(), torch.nn.Linear(8, 5))
+        self.head = torch.nn.LogSoftmax(dim=1)
+        self.loss = torch.nn.CrossEntropyLoss()
+
+    def forward(self, x, t):
+        return self.loss(self.body(x), t) + self.head(self.body(x)).mean()
+
+
+def test_convert_replaces_every_known_module_with_the_same_state():
+    for module in TORCH_MODULES:
+        converted, replaced = pyops.convert(module, report=True)
+        assert type(converted) is pyops._integration.MODULES[type(module)]
+        assert replaced == [("", type(module).__name__)]
+        assert repr(converted) == repr(module)
+        assert converted.state_dict().keys() == module.state_dict().keys()
+        for key, value in module.state_dict().items():
+            assert torch.equal(converted.state_dict()[key], value)
+        assert type(module).__module__.startswith("torch")  # the original is untouched
+
+
+def test_convert_a_model_and_train_identically():
+    torch.manual_seed(0)
+    model = Net()
+    converted, replaced = pyops.convert(model, report=True)
+    assert [name for name, _ in replaced] == ["body.1", "body.3", "head", "loss"]
+    assert isinstance(converted.body[4], torch.nn.GELU) and type(converted.body[4]) is torch.nn.GELU
+    x, t = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    loss_torch, loss_ours = model(x, t), converted(x, t)
+    assert_close(loss_ours, loss_torch)
+    loss_torch.backward()
+    loss_ours.backward()
+    for (name, p), q in zip(model.named_parameters(), converted.parameters()):
+        assert_close(q.grad, p.grad, atol=1e-6)
+
+
+def test_convert_inplace_returns_the_same_object():
+    model = torch.nn.Sequential(torch.nn.ReLU())
+    assert pyops.convert(model, inplace=True) is model
+    assert type(model[0]) is pyops.nn.ReLU
+
+
+def test_patch_routes_and_restores():
+    originals = {name: getattr(torch, name) for name in ("sigmoid", "tanh", "relu", "softmax", "log_softmax")}
+    f_originals = {name: getattr(TF, name) for name in originals}
+    x = make_tensor((3, 4), torch.float32, "cpu")
+    with pyops.patch():
+        assert torch.sigmoid is PF.sigmoid and TF.relu is PF.relu
+        assert_close(torch.softmax(x, 1), originals["softmax"](x, 1))
+        assert_close(torch.log_softmax(x, 0, dtype=torch.float64), originals["log_softmax"](x, 0, dtype=torch.float64))
+        assert_close(TF.softmax(x, dim=1), f_originals["softmax"](x, dim=1))
+        with pyops.patch():  # nested
+            assert torch.tanh is PF.tanh
+        assert torch.tanh is PF.tanh
+    for name, fn in originals.items():
+        assert getattr(torch, name) is fn and getattr(TF, name) is f_originals[name]
+
+
+def test_patch_restores_after_an_exception_and_as_a_decorator():
+    original = torch.relu
+
+    @pyops.patch()
+    def inside():
+        assert torch.relu is PF.relu
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        inside()
+    assert torch.relu is original
+    with pytest.raises(ValueError):
+        with pyops.patch():
+            raise ValueError
+    assert torch.relu is original
+
+
+def test_autocast_cpu_follows_torch():
+    x = make_tensor((4, 5), torch.float32, "cpu")
+    t = torch.randint(0, 5, (4,))
+    y = make_tensor((4, 5), torch.float32, "cpu", low=0, high=1, seed=1)
+    calls = {
+        "sigmoid": (PF.sigmoid, torch.sigmoid, lambda a: (a,)),
+        "softmax": (PF.softmax, TF.softmax, lambda a: (a, 1)),
+        "log_softmax": (PF.log_softmax, TF.log_softmax, lambda a: (a, 1)),
+        "cross_entropy": (PF.cross_entropy, TF.cross_entropy, lambda a: (a, t)),
+        "nll_loss": (PF.nll_loss, TF.nll_loss, lambda a: (a, t)),
+        "mse_loss": (PF.mse_loss, TF.mse_loss, lambda a: (a, y.to(a.dtype))),
+        "bce_with_logits": (PF.binary_cross_entropy_with_logits, TF.binary_cross_entropy_with_logits,
+                            lambda a: (a, y.to(a.dtype))),
+        "multi_margin_loss": (PF.multi_margin_loss, TF.multi_margin_loss, lambda a: (a, t)),
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.functional.linear(x, torch.eye(5))  # bfloat16 under autocast
+        assert h.dtype == torch.bfloat16
+        for name, (ours, theirs, args) in calls.items():
+            if name == "multi_margin_loss":  # torch has no bfloat16 kernel: compare dtypes only
+                assert ours(*args(h)).dtype == torch.float32
+                continue
+            o, th = ours(*args(h)), theirs(*args(h))
+            assert o.dtype == th.dtype, name
+            assert_close(o, th, atol=1e-2, rtol=2e-2)
+
+
+def test_export_runs_like_eager():
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 4)
+
+        def forward(self, x, t):
+            h = PF.relu(self.linear(x))
+            return PF.log_softmax(PF.tanh(h), 1), PF.cross_entropy(h, t, label_smoothing=0.1)
+
+    model = Small()
+    x, t = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, -100])
+    program = torch.export.export(model, (x, t))
+    assert any("pyops" in str(node.target) for node in program.graph.nodes)
+    for got, want in zip(program.module()(x, t), model(x, t)):
+        assert_close(got, want)
+
+
+@device_params
+def test_training_with_pyops_matches_torch(device):
+    """A few SGD steps of the same model with pyops ops and with torch ops from the same seed."""
+    def run(use_pyops):
+        torch.manual_seed(0)
+        model = Net().to(device)
+        if use_pyops:
+            model = pyops.convert(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, t = torch.randn(32, 5, device=device), torch.randint(0, 5, (32,), device=device)
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = model(x, t)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    ours, theirs = run(True), run(False)
+    assert ours == pytest.approx(theirs, rel=1e-5)
