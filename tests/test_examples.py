@@ -1,0 +1,23 @@
+"""Every example runs and its pyops and torch results agree (the examples assert it)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("lesson.py", "every cell agrees"),
+    ("logistic_regression.py", "test accuracy pyops"),
+    ("mlp.py", "test accuracy pyops"),
+])
+def test_example_runs(script, expected):
+    if script != "lesson.py":
+        pytest.importorskip("sklearn")
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, script)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert expected in proc.stdout
