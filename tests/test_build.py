@@ -88,20 +88,37 @@ def test_unknown_forced_isa_is_a_clear_error():
     assert proc.returncode != 0 and "PYOPS_CPU_ISA='sse9'" in proc.stderr
 
 
-@pytest.mark.slow
-def test_cmake_library_loads_in_a_fresh_process():
+@pytest.fixture(scope="module")
+def cmake_build():
+    """The CMake build of the op library and the C++ example (kept in build/ between runs)."""
     if not shutil.which("cmake"):
         pytest.skip("cmake is not installed")
     build = os.path.join(ROOT, "build", "cmake-test")
-    prefix = torch.utils.cmake_prefix_path
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", ROOT, "-B", build, *generator, f"-DCMAKE_PREFIX_PATH={prefix}"],
-                   check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", build, "--parallel", "2"], check=True, capture_output=True)
-    lib = os.path.join(build, "libpyops_ops.so")
+    for cmd in (["cmake", "-S", ROOT, "-B", build, *generator, "-DPYOPS_BUILD_EXAMPLES=ON",
+                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                ["cmake", "--build", build, "--parallel", "2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return build
+
+
+@pytest.mark.slow
+def test_cmake_library_loads_in_a_fresh_process(cmake_build):
+    lib = os.path.join(cmake_build, "libpyops_ops.so")
     code = (f"import torch; torch.ops.load_library({lib!r}); "
             "print(torch.ops.pyops.sigmoid(torch.zeros(2)).tolist(), "
             "torch.ops.pyops.relu(torch.tensor([-1.0, 2.0])).tolist())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0.5, 0.5] [0.0, 2.0]"
+
+
+@pytest.mark.slow
+def test_cpp_example_passes_ctest(cmake_build):
+    if not shutil.which("ctest"):
+        pytest.skip("ctest is not installed")
+    proc = subprocess.run(["ctest", "--test-dir", cmake_build, "--output-on-failure"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "100% tests passed" in proc.stdout
