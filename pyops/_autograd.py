@@ -380,12 +380,21 @@ class _Loss:
     """One loss op: how many leading arguments are tensors, its torch-op expression (per element,
     or per row for a per_row loss) and the count 'mean' divides by."""
 
-    def __init__(self, name, tensor_args, terms, denominator=None, per_row=False):
+    def __init__(self, name, tensor_args, terms, denominator=None, per_row=False,
+                 grad_overrides=None):
         self.name = name
         self.tensor_args = tensor_args
         self.terms = terms  # (*tensors, *scalars) -> losses before reduction
         self.per_row = per_row
         self.denominator = denominator or (lambda input, *rest: input.numel())
+        # argument index -> fn(upstream scale per element, *tensors): torch's own first-order
+        # formula where it is not the derivative of `terms` (at clamps).
+        self.grad_overrides = grad_overrides or {}
+
+    def element_scale(self, grad, tensors, reduction):
+        if reduction == REDUCTION_MEAN:
+            return grad / self.denominator(*tensors)
+        return grad
 
     def reduced(self, tensors, scalars, reduction):
         values = self.terms(*tensors, *scalars)
@@ -429,9 +438,12 @@ def _register_loss(loss):
     def backward(ctx, grad):
         tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[:n]
-        rest = [i for i in range(1, n) if needs[i]]
+        rest = [i for i in range(1, n) if needs[i] and i not in loss.grad_overrides]
         grads = _grads_through(lambda *t: loss.reduced(t, ctx.scalars, ctx.reduction),
                                list(tensors), rest, grad, torch.is_grad_enabled())
+        for i, override in loss.grad_overrides.items():
+            if needs[i]:
+                grads[i] = override(loss.element_scale(grad, tensors, ctx.reduction), *tensors)
         if needs[0]:
             grads[0] = backward_op(grad, *tensors, *ctx.scalars, ctx.reduction)
         return (*grads, *([None] * (len(ctx.needs_input_grad) - n)))
@@ -466,7 +478,9 @@ def _register_loss(loss):
 LOSSES = [
     _Loss("mse_loss", 3, _mse_terms, _mse_denominator),
     _Loss("binary_cross_entropy_with_logits", 4, _bce_logits_terms),
-    _Loss("binary_cross_entropy", 3, _bce_terms),
+    # torch's target gradient is -logit(input), without the loss' clamp of the logs at -100.
+    _Loss("binary_cross_entropy", 3, _bce_terms, grad_overrides={
+        1: lambda s, x, y, w: -torch.logit(x) * s * (1 if w is None else w)}),
     _Loss("hinge_loss", 2, _hinge_terms),
     # (input, target, p, margin, weight, reduction): weight travels with the scalars.
     _Loss("multi_margin_loss", 2, _multi_margin_rows,

@@ -123,14 +123,14 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
                     const ForwardOut<T>& out) {
   using V = Vectorized<T>;
   const int64_t C = a.classes;
-  if (!q && target == a.ignore_index) {
-    out.loss[p] = out.lse[p] = 0;
-    return;
-  }
   const T max = row_max(x, C);
   const V vmax(max);
   const T log_sum = std::log(row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, C, x));
-  out.lse[p] = max + log_sum;
+  out.lse[p] = max + log_sum;  // also for ignored rows: the backward needs to know if it is NaN
+  if (!q && target == a.ignore_index) {
+    out.loss[p] = 0;
+    return;
+  }
   const T eps_c = a.smoothing / C;
   if (q) {  // sum_c w_c q'_c (max - x_c + log_sum), q' = (1 - eps) q + eps / C
     const V keep(T(1) - a.smoothing), spread(eps_c);
@@ -214,12 +214,12 @@ void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int6
       out.loss[p] = col_gap[j] + col_wq[j] * col_log_sum[j];
       continue;
     }
+    out.lse[p] = col_max[j] + col_log_sum[j];
     if (targets[p] == a.ignore_index) {
-      out.loss[p] = out.lse[p] = 0;
+      out.loss[p] = 0;
       continue;
     }
     const int64_t t = checked_target(targets[p], C);
-    out.lse[p] = col_max[j] + col_log_sum[j];
     T loss = keep * a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]);
     if (a.smoothing != T(0)) loss += eps_c * (col_gap[j] + a.weight_sum * col_log_sum[j]);
     out.loss[p] = loss;
@@ -274,13 +274,20 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
 
 // ---- cross_entropy backward -----------------------------------------------------------------
 
+// An ignored position's gradient is 0 * softmax: zero, or NaN where the row's log-sum-exp is
+// NaN (a NaN or +inf logit, or all -inf), which torch propagates too.
+template <typename T>
+T ignored_gradient(T lse) {
+  return std::isnan(lse) ? std::numeric_limits<T>::quiet_NaN() : T(0);
+}
+
 template <typename T>
 void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T lse,
                      const LossArgs<T>& a) {
   using V = Vectorized<T>;
   const int64_t C = a.classes;
   if (!q && target == a.ignore_index) {
-    std::fill(gi, gi + C, T(0));
+    std::fill(gi, gi + C, ignored_gradient(lse));
     return;
   }
   const T keep = T(1) - a.smoothing, eps_c = a.smoothing / C;
@@ -352,7 +359,8 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
   for (int64_t j = 0; j < width; ++j) {
     const int64_t p = p0 + j;
     if (targets[p] == a.ignore_index) {
-      for (int64_t c = 0; c < C; ++c) gi[c * stride + j] = T(0);
+      const T fill = ignored_gradient(lse[p]);
+      for (int64_t c = 0; c < C; ++c) gi[c * stride + j] = fill;
     } else {
       gi[targets[p] * stride + j] -= col_s[j] * keep * a.w(targets[p]);
     }

@@ -204,7 +204,8 @@ at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tenso
   return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
                               [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
-    const V denom = at::vec::maximum((V(1) - v[kX]) * v[kX], V(1e-12));
+    // torch clamps with the float constant 1e-12f, also for double inputs.
+    const V denom = at::vec::maximum((V(1) - v[kX]) * v[kX], V(1e-12f));
     return v[kGrad] * v[kW] * (v[kX] - v[kY]) / denom;
   });
 }
