@@ -9,6 +9,21 @@ import torch
 ops = torch.ops.pyops
 
 
+def register_fake(name):
+    """torch.library.register_fake for pyops::name, after the check the real kernels make: every
+    tensor argument on one device (a CPU and a meta tensor must not meet in a fake kernel)."""
+    def wrap(fn):
+        def fake(*args, **kwargs):
+            devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+            if len(devices) > 1:
+                raise RuntimeError(f"pyops::{name}: expected all tensors to be on the same device, "
+                                   f"but found {', '.join(sorted(map(str, devices)))}")
+            return fn(*args, **kwargs)
+        torch.library.register_fake(f"pyops::{name}")(fake)
+        return fn
+    return wrap
+
+
 def _fake_like(x):
     # Kernels keep a dense input's strides and make anything else contiguous: empty_like does too.
     return torch.empty_like(x)
@@ -25,16 +40,16 @@ def _save_inputs(ctx, inputs, output):
 # ---- activations --------------------------------------------------------------------------
 
 for _name in ("sigmoid", "tanh", "relu"):
-    torch.library.register_fake(f"pyops::{_name}")(_fake_like)
+    register_fake(_name)(_fake_like)
 
 
-@torch.library.register_fake("pyops::relu_")
+@register_fake("relu_")
 def _(self):
     return None
 
 
 for _name in ("sigmoid_backward", "tanh_backward", "relu_backward"):
-    torch.library.register_fake(f"pyops::{_name}")(lambda grad, out: torch.empty_like(out))
+    register_fake(_name)(lambda grad, out: torch.empty_like(out))
 
 
 def _activation_backward(backward_op):
@@ -86,9 +101,9 @@ torch.library.register_autograd(
 # ---- softmax, log_softmax -----------------------------------------------------------------
 
 for _name in ("softmax", "log_softmax"):
-    torch.library.register_fake(f"pyops::{_name}")(lambda x, dim: _fake_like(x))
+    register_fake(_name)(lambda x, dim: _fake_like(x))
 for _name in ("softmax_backward", "log_softmax_backward"):
-    torch.library.register_fake(f"pyops::{_name}")(lambda grad, out, dim: torch.empty_like(out))
+    register_fake(_name)(lambda grad, out, dim: torch.empty_like(out))
 
 
 def _save_output_and_dim(ctx, inputs, output):
@@ -203,14 +218,14 @@ def _reduce_positions(values, reduction, denominator):
 
 # ---- cross_entropy --------------------------------------------------------------------------
 
-@torch.library.register_fake("pyops::cross_entropy")
+@register_fake("cross_entropy")
 def _(input, target, weight, reduction, ignore_index, label_smoothing):
     loss = input.new_empty(_loss_shape(input, reduction))
     lse = input.new_empty(_position_shape(input), dtype=_acc_dtype(input.dtype))
     return loss, lse
 
 
-@torch.library.register_fake("pyops::cross_entropy_backward")
+@register_fake("cross_entropy_backward")
 def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse):
     return torch.empty_like(input)
 
@@ -287,12 +302,12 @@ torch.library.register_autograd(
 
 # ---- nll_loss -------------------------------------------------------------------------------
 
-@torch.library.register_fake("pyops::nll_loss")
+@register_fake("nll_loss")
 def _(input, target, weight, reduction, ignore_index):
     return input.new_empty(_loss_shape(input, reduction))
 
 
-@torch.library.register_fake("pyops::nll_loss_backward")
+@register_fake("nll_loss_backward")
 def _(grad, input, target, weight, reduction, ignore_index):
     return torch.empty_like(input)
 
@@ -469,9 +484,9 @@ def _register_loss(loss):
     torch.library.register_autograd(f"pyops::{loss.name}_backward", backward_backward,
                                     setup_context=backward_setup)
 
-    torch.library.register_fake(f"pyops::{loss.name}")(
+    register_fake(loss.name)(
         lambda *args: loss.fake(args[0], args[-1]))
-    torch.library.register_fake(f"pyops::{loss.name}_backward")(
+    register_fake(f"{loss.name}_backward")(
         lambda grad, input, *rest: loss.fake_backward(input))
 
 
