@@ -27,19 +27,37 @@ X86_ISA_FLAGS = {
 }
 
 
+# PYOPS_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer (scripts/sanitize).
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-g"]
+
+
 def cpu_isa_flags():
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        return X86_ISA_FLAGS
-    return {"default": X86_ISA_FLAGS["default"]}
+    """The instruction sets to build CPU kernels for; PYOPS_CPU_ISAS=avx2,... narrows them."""
+    isas = X86_ISA_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else {
+        "default": X86_ISA_FLAGS["default"]}
+    wanted = [i for i in os.environ.get("PYOPS_CPU_ISAS", "").split(",") if i]
+    unknown = set(wanted) - set(isas)
+    if unknown:
+        raise SystemExit(f"PYOPS_CPU_ISAS: unknown {sorted(unknown)}; known {sorted(isas)}")
+    return {isa: flags for isa, flags in isas.items() if not wanted or isa in wanted}
+
+
+def common_flags():
+    if os.environ.get("PYOPS_SANITIZE") == "1":
+        return ["-O1", "-std=c++17"] + SANITIZE_FLAGS, SANITIZE_FLAGS
+    return COMMON_FLAGS, []
 
 
 def extensions():
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
+    compile_flags, link_flags = common_flags()
     exts = [
         CppExtension(
             "pyops._C",
             ["csrc/ops.cpp", "csrc/python_module.cpp"],
-            extra_compile_args={"cxx": COMMON_FLAGS},
+            extra_compile_args={"cxx": compile_flags},
+            extra_link_args=link_flags,
         )
     ]
     for isa, flags in cpu_isa_flags().items():
@@ -47,7 +65,8 @@ def extensions():
             CppExtension(
                 f"pyops._cpu_{isa}",
                 cpu_sources,
-                extra_compile_args={"cxx": COMMON_FLAGS + flags},
+                extra_compile_args={"cxx": compile_flags + flags},
+                extra_link_args=link_flags,
             )
         )
     return exts
