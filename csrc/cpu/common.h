@@ -2,6 +2,8 @@
 // instruction set (see setup.py), so everything here is inline and ISA-neutral in source.
 #pragma once
 
+#include "../tensor_utils.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -44,33 +46,6 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   auto out = at::empty(sizes, options);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
-}
-
-// Elementwise kernels walk memory linearly, which is valid for any non-overlapping dense
-// layout (contiguous, transposed, channels-last); anything else is made contiguous once.
-inline at::Tensor dense(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
-}
-
-// `t` with exactly the strides of the dense tensor `like`, copied only when they differ.
-inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
-  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
-}
-
-inline void check_floating(const char* op, const at::Tensor& t) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
-              ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
-}
-
-inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Tensor& out) {
-  TORCH_CHECK(grad.sizes() == out.sizes(), op, ": grad and out must have the same shape, got ",
-              grad.sizes(), " and ", out.sizes());
-  TORCH_CHECK(grad.scalar_type() == out.scalar_type(), op,
-              ": grad and out must have the same dtype, got ", grad.scalar_type(), " and ",
-              out.scalar_type());
-  TORCH_CHECK(grad.device() == out.device(), op,
-              ": grad and out must be on the same device, got ", grad.device(), " and ",
-              out.device());
 }
 
 template <typename scalar_t>

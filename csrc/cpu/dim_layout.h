@@ -88,49 +88,6 @@ void for_each_row_block(int64_t rows, V* total, int64_t width, const RowFn& row_
 
 // ---- layout and work split -------------------------------------------------------------------
 
-struct Shape3 {
-  int64_t outer, dim, inner;
-};
-
-// The dims of dense `t` ordered from largest to smallest stride: t.permute(order) is contiguous.
-inline std::vector<int64_t> memory_order(const at::Tensor& t) {
-  std::vector<int64_t> order(t.dim());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return t.stride(a) > t.stride(b) || (t.stride(a) == t.stride(b) && t.size(a) > t.size(b));
-  });
-  return order;
-}
-
-// {outer, dim, inner} of dense `t` reduced over `dim`, counted in memory order.
-inline Shape3 shape3(const at::Tensor& t, int64_t dim) {
-  if (t.dim() == 0) return {1, 1, 1};
-  const auto order = memory_order(t);
-  TORCH_INTERNAL_ASSERT(t.permute(order).is_contiguous());
-  Shape3 s{1, t.size(dim), 1};
-  bool before = true;
-  for (const int64_t d : order) {
-    if (d == dim) {
-      before = false;
-    } else {
-      (before ? s.outer : s.inner) *= t.size(d);
-    }
-  }
-  return s;
-}
-
-// Whether the {outer, inner} positions of shape3(t, dim) enumerate the other dims in their
-// logical order, i.e. position p is element p of a contiguous tensor of t's shape without dim.
-inline bool positions_in_logical_order(const at::Tensor& t, int64_t dim) {
-  int64_t last = -1;
-  for (const int64_t d : memory_order(t)) {
-    if (d == dim || t.size(d) == 1) continue;
-    if (d < last) return false;
-    last = d;
-  }
-  return true;
-}
-
 // A piece of independent work: `rows` x `width` elements at `offset`, rows `stride` apart.
 // Whole rows (rows == 1) when reducing along contiguous memory, column tiles otherwise.
 struct Piece {

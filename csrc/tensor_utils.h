@@ -1,0 +1,84 @@
+// Checks and layout helpers shared by the CPU and CUDA kernels (no instruction-set code here).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+namespace pyops {
+
+// Elementwise kernels walk memory linearly, which is valid for any non-overlapping dense
+// layout (contiguous, transposed, channels-last); anything else is made contiguous once.
+inline at::Tensor dense(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+}
+
+// `t` with exactly the strides of the dense tensor `like`, copied only when they differ.
+inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
+}
+
+inline void check_floating(const char* op, const at::Tensor& t) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
+              ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
+}
+
+inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Tensor& out) {
+  TORCH_CHECK(grad.sizes() == out.sizes(), op, ": grad and out must have the same shape, got ",
+              grad.sizes(), " and ", out.sizes());
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type(), op,
+              ": grad and out must have the same dtype, got ", grad.scalar_type(), " and ",
+              out.scalar_type());
+  TORCH_CHECK(grad.device() == out.device(), op,
+              ": grad and out must be on the same device, got ", grad.device(), " and ",
+              out.device());
+}
+
+// ---- {outer, dim, inner}: a reduction over one dim, in memory order ---------------------------
+
+struct Shape3 {
+  int64_t outer, dim, inner;
+};
+
+// The dims of dense `t` ordered from largest to smallest stride: t.permute(order) is contiguous.
+inline std::vector<int64_t> memory_order(const at::Tensor& t) {
+  std::vector<int64_t> order(t.dim());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return t.stride(a) > t.stride(b) || (t.stride(a) == t.stride(b) && t.size(a) > t.size(b));
+  });
+  return order;
+}
+
+// {outer, dim, inner} of dense `t` reduced over `dim`, counted in memory order.
+inline Shape3 shape3(const at::Tensor& t, int64_t dim) {
+  if (t.dim() == 0) return {1, 1, 1};
+  const auto order = memory_order(t);
+  TORCH_INTERNAL_ASSERT(t.permute(order).is_contiguous());
+  Shape3 s{1, t.size(dim), 1};
+  bool before = true;
+  for (const int64_t d : order) {
+    if (d == dim) {
+      before = false;
+    } else {
+      (before ? s.outer : s.inner) *= t.size(d);
+    }
+  }
+  return s;
+}
+
+// Whether the {outer, inner} positions of shape3(t, dim) enumerate the other dims in their
+// logical order, i.e. position p is element p of a contiguous tensor of t's shape without dim.
+inline bool positions_in_logical_order(const at::Tensor& t, int64_t dim) {
+  int64_t last = -1;
+  for (const int64_t d : memory_order(t)) {
+    if (d == dim || t.size(d) == 1) continue;
+    if (d < last) return false;
+    last = d;
+  }
+  return true;
+}
+
+}  // namespace pyops
