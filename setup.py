@@ -1,6 +1,8 @@
 """Builds pyops' compiled parts with torch.utils.cpp_extension.
 
-- pyops._C: the operator schemas (csrc/ops.cpp) and the build facts.
+- pyops._C: the operator schemas (csrc/ops.cpp), the build facts and, in a CUDA build, the CUDA
+  kernels (csrc/cuda/*.cu). A CUDA build happens when torch has CUDA and nvcc is found;
+  PYOPS_CUDA=0/1 forces either way. Architectures: TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX".
 - pyops._cpu_<isa>: every CPU kernel (csrc/cpu/*.cpp), compiled once per x86 instruction set.
   pyops loads the best one the running CPU supports, so the wheel never assumes the build
   machine's CPU and never dies of an illegal instruction on an older one.
@@ -11,10 +13,12 @@ import os
 import platform
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-COMMON_FLAGS = ["-O3", "-std=c++17"]
+COMMON_FLAGS = ["-O3"]  # the C++ standard is torch's choice (C++17 or C++20)
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 # Flags per instruction set, as ATen compiles its own per-ISA kernels.
 X86_ISA_FLAGS = {
@@ -45,21 +49,56 @@ def cpu_isa_flags():
 
 def common_flags():
     if os.environ.get("PYOPS_SANITIZE") == "1":
-        return ["-O1", "-std=c++17"] + SANITIZE_FLAGS, SANITIZE_FLAGS
+        return ["-O1"] + SANITIZE_FLAGS, SANITIZE_FLAGS
     return COMMON_FLAGS, []
+
+
+def want_cuda():
+    found = torch.version.cuda is not None and CUDA_HOME is not None
+    forced = os.environ.get("PYOPS_CUDA")
+    if forced == "0":
+        return False
+    if forced == "1" and not found:
+        raise SystemExit("PYOPS_CUDA=1, but torch has no CUDA or nvcc was not found "
+                         f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})")
+    return found
+
+
+def wheel_cuda_includes():
+    """Headers of the CUDA libraries torch's wheel installs (nvidia/*/include: cusparse, cublas,
+    ...), which ATen's CUDA headers include and a minimal toolkit may lack."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(d for base in nvidia.__path__ for d in glob.glob(os.path.join(base, "*", "include")))
+
+
+def core_extension(compile_flags, link_flags):
+    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"]
+    if not want_cuda():
+        return CppExtension("pyops._C", sources, extra_compile_args={"cxx": compile_flags},
+                            extra_link_args=link_flags)
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    nvcc = ["-O3"]
+    if os.environ.get("PYOPS_PTXAS_VERBOSE") == "1":  # register and shared-memory use per kernel
+        nvcc.append("-Xptxas=-v")
+    return CUDAExtension(
+        "pyops._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        # "/" separates the architectures: nvcc would split a -D value at commas.
+        define_macros=[("WITH_CUDA", None),
+                       ("PYOPS_CUDA_ARCHS", archs.replace(";", "/").replace(" ", "/"))],
+        include_dirs=wheel_cuda_includes(),
+        extra_compile_args={"cxx": compile_flags, "nvcc": nvcc},
+        extra_link_args=link_flags,
+    )
 
 
 def extensions():
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
     compile_flags, link_flags = common_flags()
-    exts = [
-        CppExtension(
-            "pyops._C",
-            ["csrc/ops.cpp", "csrc/python_module.cpp"],
-            extra_compile_args={"cxx": compile_flags},
-            extra_link_args=link_flags,
-        )
-    ]
+    exts = [core_extension(compile_flags, link_flags)]
     for isa, flags in cpu_isa_flags().items():
         exts.append(
             CppExtension(

@@ -4,8 +4,14 @@
 
 #include <torch/headeronly/version.h>
 
-#ifndef PYOPS_CUDA_ARCHS
-#define PYOPS_CUDA_ARCHS ""
+// setup.py passes the CUDA architectures as bare tokens (-DPYOPS_CUDA_ARCHS=8.0/9.0+PTX):
+// a quoted string would not survive the build's shell.
+#define PYOPS_STRINGIFY_(x) #x
+#define PYOPS_STRINGIFY(x) PYOPS_STRINGIFY_(x)
+#ifdef PYOPS_CUDA_ARCHS
+#define PYOPS_CUDA_ARCHS_STRING PYOPS_STRINGIFY(PYOPS_CUDA_ARCHS)
+#else
+#define PYOPS_CUDA_ARCHS_STRING ""
 #endif
 
 namespace {
@@ -24,7 +30,7 @@ PyMODINIT_FUNC PyInit__C() {
 #endif
   if (PyModule_AddStringConstant(module, "torch_version", TORCH_VERSION) < 0 ||
       PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_archs", PYOPS_CUDA_ARCHS) < 0) {
+      PyModule_AddStringConstant(module, "cuda_archs", PYOPS_CUDA_ARCHS_STRING) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

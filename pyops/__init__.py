@@ -20,7 +20,7 @@ def build_info():
         "torch_version_running": torch.__version__,
         "cpu_isa": _cpu_isa,
         "cuda": bool(_C.with_cuda),
-        "cuda_archs": [a for a in _C.cuda_archs.split(";") if a],
+        "cuda_archs": [a for a in _C.cuda_archs.split("/") if a],
         "num_threads": torch.get_num_threads(),
     }
 

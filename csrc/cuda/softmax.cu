@@ -1,0 +1,197 @@
+// softmax, log_softmax and their backward ops on CUDA, over the {outer, dim, inner} layout of
+// tensor_utils.h (a transposed input is permuted, not copied).
+//   inner == 1: a block per row, one pass for the online max and sum (16-byte packs when the
+//               rows are aligned), one pass to write; any row length.
+//   inner > 1:  a thread per column; neighbouring threads read neighbouring columns, so the
+//               loads along the reduced dim coalesce.
+#include "common.cuh"
+
+#include <torch/library.h>
+
+namespace pyops::cuda {
+namespace {
+
+// Calls fn(index, value) for every element of the row this thread owns, packed when allowed.
+template <typename scalar_t, typename Fn>
+__device__ __forceinline__ void for_row(const scalar_t* row, int64_t n, bool packed, Fn fn) {
+  constexpr int kVec = vec_size<scalar_t>();
+  int64_t tail = 0;
+  if (packed) {
+    tail = n / kVec * kVec;
+    for (int64_t p = threadIdx.x; p < n / kVec; p += blockDim.x) {
+      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) fn(p * kVec + j, pack.v[j]);
+    }
+  }
+  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) fn(i, row[i]);
+}
+
+template <typename scalar_t>
+__global__ void softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                    int64_t rows, int64_t n, bool packed, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ MaxSum<T> shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* x = in + r * n;
+    scalar_t* y = out + r * n;
+    auto acc = MaxSum<T>::empty();
+    for_row(x, n, packed, [&](int64_t, scalar_t v) { acc.add(static_cast<T>(v)); });
+    const MaxSum<T> total = block_max_sum(acc, shared);
+    const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
+    for_row(x, n, packed, [&](int64_t i, scalar_t v) {
+      const T shifted = static_cast<T>(v) - total.max;
+      y[i] = static_cast<scalar_t>(log ? shifted - log_sum : ::exp(shifted) * scale);
+    });
+  }
+}
+
+template <typename scalar_t>
+__global__ void softmax_columns_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                       int64_t outer, int64_t n, int64_t inner, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t columns = outer * inner;
+  for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < columns;
+       c += int64_t{blockDim.x} * gridDim.x) {
+    const int64_t base = (c / inner) * n * inner + c % inner;
+    auto acc = MaxSum<T>::empty();
+    for (int64_t d = 0; d < n; ++d) acc.add(static_cast<T>(in[base + d * inner]));
+    const T log_sum = ::log(acc.sum), scale = T(1) / acc.sum;
+    for (int64_t d = 0; d < n; ++d) {
+      const T shifted = static_cast<T>(in[base + d * inner]) - acc.max;
+      out[base + d * inner] = static_cast<scalar_t>(log ? shifted - log_sum : ::exp(shifted) * scale);
+    }
+  }
+}
+
+// grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax.
+template <typename scalar_t>
+__global__ void softmax_backward_rows_kernel(const scalar_t* __restrict__ grad,
+                                             const scalar_t* __restrict__ out,
+                                             scalar_t* __restrict__ result, int64_t rows,
+                                             int64_t n, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ T shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* g = grad + r * n;
+    const scalar_t* y = out + r * n;
+    T part = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      part += log ? static_cast<T>(g[i]) : static_cast<T>(g[i]) * static_cast<T>(y[i]);
+    }
+    const T total = block_sum(part, shared);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const T gv = g[i], yv = y[i];
+      result[r * n + i] = static_cast<scalar_t>(log ? gv - ::exp(yv) * total : yv * (gv - total));
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void softmax_backward_columns_kernel(const scalar_t* __restrict__ grad,
+                                                const scalar_t* __restrict__ out,
+                                                scalar_t* __restrict__ result, int64_t outer,
+                                                int64_t n, int64_t inner, bool log) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t columns = outer * inner;
+  for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < columns;
+       c += int64_t{blockDim.x} * gridDim.x) {
+    const int64_t base = (c / inner) * n * inner + c % inner;
+    T total = 0;
+    for (int64_t d = 0; d < n; ++d) {
+      const T gv = grad[base + d * inner];
+      total += log ? gv : gv * static_cast<T>(out[base + d * inner]);
+    }
+    for (int64_t d = 0; d < n; ++d) {
+      const int64_t at = base + d * inner;
+      const T gv = grad[at], yv = out[at];
+      result[at] = static_cast<scalar_t>(log ? gv - ::exp(yv) * total : yv * (gv - total));
+    }
+  }
+}
+
+// Threads per row block: enough for the row, a multiple of 32, at most 1024.
+int row_threads(int64_t n) {
+  int threads = 32;
+  while (threads < 1024 && threads < n) threads *= 2;
+  return threads;
+}
+
+int64_t row_blocks(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 30)); }
+
+at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const char* op) {
+  check_floating(op, self);
+  dim = at::maybe_wrap_dim(dim, self.dim());
+  const c10::cuda::CUDAGuard guard(self.device());
+  const auto x = dense(self);
+  auto out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const Shape3 s = shape3(x, dim);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pyops", [&] {
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    if (s.inner == 1) {
+      const bool packed = aligned16(in) && s.dim % vec_size<scalar_t>() == 0;
+      softmax_rows_kernel<<<row_blocks(s.outer), row_threads(s.dim), 0, stream>>>(
+          in, o, s.outer, s.dim, packed, log);
+    } else {
+      softmax_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
+          in, o, s.outer, s.dim, s.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim,
+                                 bool log, const char* op) {
+  check_same_meta(op, grad, out);
+  check_floating(op, out);
+  dim = at::maybe_wrap_dim(dim, out.dim());
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto y = dense(out);
+  const auto g = in_layout_of(grad, y);
+  auto result = at::empty_like(y);
+  if (y.numel() == 0) return result;
+  const Shape3 s = shape3(y, dim);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "pyops", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
+    if (s.inner == 1) {
+      softmax_backward_rows_kernel<<<row_blocks(s.outer), row_threads(s.dim), 0, stream>>>(
+          gp, yp, rp, s.outer, s.dim, log);
+    } else {
+      softmax_backward_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
+          gp, yp, rp, s.outer, s.dim, s.inner, log);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return result;
+}
+
+at::Tensor softmax(const at::Tensor& self, int64_t dim) {
+  return softmax_forward(self, dim, false, "pyops::softmax");
+}
+at::Tensor log_softmax(const at::Tensor& self, int64_t dim) {
+  return softmax_forward(self, dim, true, "pyops::log_softmax");
+}
+at::Tensor softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  return softmax_backward_impl(grad, out, dim, false, "pyops::softmax_backward");
+}
+at::Tensor log_softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  return softmax_backward_impl(grad, out, dim, true, "pyops::log_softmax_backward");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
+  m.impl("softmax", &softmax);
+  m.impl("log_softmax", &log_softmax);
+  m.impl("softmax_backward", &softmax_backward);
+  m.impl("log_softmax_backward", &log_softmax_backward);
+}
+
+}  // namespace pyops::cuda
