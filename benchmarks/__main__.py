@@ -27,6 +27,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="a smoke run: few sizes, short timings")
     p.add_argument("--compile", action="store_true", help="include torch.compile as a peer")
     p.add_argument("--out", type=pathlib.Path, help="output folder (default: benchmarks/results/<time>)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                    help="print the rows of NEW/results.json that moved beyond noise against OLD")
     args = p.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv=None):
     results = run(args)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "report.md").write_text(report.markdown_report(results))
-    plots = report.write_plots(results, out)
+    plots = [] if args.no_plots else report.write_plots(results, out)
     print(f"copy bandwidth: {results['copy_gbps']:.1f} GB/s  ({results['machine']['cpu']}, "
           f"{results['machine']['threads']} threads)")
     print(report.text_table(results["records"]))

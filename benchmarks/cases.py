@@ -98,7 +98,10 @@ ACTIVATIONS = {
 
 
 def activation_cases(cfg):
-    exponents = (16, 20) if cfg.quick else (16, 18, 20, 22, 24, 26)
+    if cfg.quick:
+        exponents = (16, 20)
+    else:  # a GPU needs 2^28 elements to leave its caches far behind
+        exponents = (16, 20, 24, 28) if cfg.device == "cuda" else (16, 18, 20, 22, 24, 26)
     for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in ACTIVATIONS.items():
         for dtype in cfg.dtypes:
             for e in exponents:
@@ -124,12 +127,15 @@ SOFTMAXES = {
 SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1),
                   ((256, 1024, 64), 1)]
 SOFTMAX_QUICK_SHAPES = [((256, 1024), -1), ((16, 256, 64), 1)]
+SOFTMAX_CUDA_SHAPES = [((32768, 4096), -1), ((4096, 32768), -1), ((8192, 131072), -1),
+                       ((256, 1024, 64), 1), ((32, 1000), -1)]
 
 
 def softmax_cases(cfg):
     for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in SOFTMAXES.items():
         for dtype in cfg.dtypes:
-            for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else SOFTMAX_SHAPES:
+            shapes = SOFTMAX_CUDA_SHAPES if cfg.device == "cuda" else SOFTMAX_SHAPES
+            for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else shapes:
                 nbytes = _numel(shape) * dtype.itemsize
                 params = f"dim={dim}"
                 yield Case(name, "fwd", dtype, shape, params, 2 * nbytes,
@@ -159,6 +165,7 @@ def _loss_peers(cfg, direction, torch_fn, pyops_fn):
 
 CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256)]
 CE_QUICK_SHAPES = [(64, 1000)]
+CE_CUDA_SHAPES = [(8192, 128256), (8192, 32000), (4096, 32000), (32, 1000)]
 
 
 def _ce_inputs(cfg, shape, dtype, requires_grad, ignored_fraction=0.1):
@@ -169,7 +176,7 @@ def _ce_inputs(cfg, shape, dtype, requires_grad, ignored_fraction=0.1):
 
 
 def cross_entropy_cases(cfg):
-    shapes = CE_QUICK_SHAPES if cfg.quick else CE_SHAPES
+    shapes = CE_QUICK_SHAPES if cfg.quick else CE_CUDA_SHAPES if cfg.device == "cuda" else CE_SHAPES
     variants = [(shape, 0.0) for shape in shapes] + [(shapes[0], 0.1)]
     for dtype in cfg.dtypes:
         for shape, smoothing in variants:

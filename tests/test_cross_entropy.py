@@ -14,6 +14,8 @@ import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_results_match, device_params,
                      make_tensor)
 
+PYOPS_OPS = ["cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward"]
+
 # (input shape, class dim); targets take the input shape without the class dim.
 SHAPES = [((7,), 0), ((6, 5), 1), ((4, 5, 3), 1), ((2, 5, 3, 4), 1), ((3, 70, 130), 1),
           ((3, 1000), 1), ((0, 5), 1)]

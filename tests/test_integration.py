@@ -8,6 +8,8 @@ import pyops
 import pyops.functional as PF
 from helpers import assert_close, device_params, make_tensor
 
+PYOPS_OPS = ["cross_entropy", "log_softmax", "relu", "tanh"]
+
 TORCH_MODULES = [
     torch.nn.Sigmoid(), torch.nn.Tanh(), torch.nn.ReLU(inplace=True), torch.nn.Softmax(dim=0),
     torch.nn.LogSoftmax(dim=1), torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=3),

@@ -12,6 +12,9 @@ import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_results_match, device_params,
                      make_tensor)
 
+PYOPS_OPS = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "hinge_loss",
+             "multi_margin_loss"]
+
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (0,), (7,), (33, 17), (2, 3, 5, 7), (65537,)]
 
