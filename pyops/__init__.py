@@ -7,7 +7,7 @@ from ._version import __version__
 
 _C, _cpu_isa = _loader.load()
 
-from . import _autograd  # noqa: E402  (registers fake kernels and autograd on the loaded ops)
+from . import _autograd  # noqa: E402, F401  (registers fake kernels and autograd)
 from . import functional, nn  # noqa: E402
 from ._integration import convert, patch  # noqa: E402
 

@@ -442,7 +442,6 @@ def _grads_through(fn, tensors, wanted, grad_out, create_graph):
 
 def _register_loss(loss):
     n = loss.tensor_args
-    op = getattr(ops, loss.name)
     backward_op = getattr(ops, loss.name + "_backward")
 
     def setup(ctx, inputs, output):

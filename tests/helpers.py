@@ -106,3 +106,13 @@ def assert_results_match(ours, theirs, reference, dtype, slack_ulps=2, atol_ulps
             assert err_o <= err_t + slack_ulps * eps * max(scale, 1e-3), (err_o, err_t)
         else:
             assert_close(o, t, atol=atol_ulps * eps * max(1.0, scale))
+
+
+def assert_compiles_like_eager(fn, x, *rest):
+    """torch.compile(fn, fullgraph=True) gives eager's value and gradient with respect to x."""
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    (g_eager,) = torch.autograd.grad(fn(x, *rest), x)
+    out = compiled(x, *rest)
+    (g_compiled,) = torch.autograd.grad(out, x)
+    assert_close(out, fn(x, *rest))
+    assert_close(g_compiled, g_eager)

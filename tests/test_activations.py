@@ -6,8 +6,8 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import (DEVICES, FLOAT_DTYPES, LAYOUTS, assert_close, device_params, make_tensor,
-                     special_values)
+from helpers import (FLOAT_DTYPES, LAYOUTS, assert_close, assert_compiles_like_eager,
+                     device_params, make_tensor, special_values)
 
 OPS = {
     "sigmoid": (PF.sigmoid, torch.sigmoid),
@@ -102,13 +102,7 @@ def test_compile_fullgraph_matches_eager(device, name):
     def f(x):
         return ours(x * 2).sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = make_tensor((8, 9), torch.float32, device).requires_grad_()
-    (g_eager,) = torch.autograd.grad(f(x), x)
-    y = compiled(x)
-    (g_compiled,) = torch.autograd.grad(y, x)
-    assert_close(y, f(x))
-    assert_close(g_compiled, g_eager)
+    assert_compiles_like_eager(f, make_tensor((8, 9), torch.float32, device).requires_grad_())
 
 
 @device_params

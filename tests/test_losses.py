@@ -9,8 +9,8 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_results_match, device_params,
-                     make_tensor)
+from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_like_eager,
+                     assert_results_match, device_params, make_tensor)
 
 PYOPS_OPS = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "hinge_loss",
              "multi_margin_loss"]
@@ -299,14 +299,8 @@ def test_compile_fullgraph_matches_eager(device):
                 + PF.binary_cross_entropy(x.sigmoid(), y.sigmoid()) + PF.hinge_loss(x, y.sign())
                 + PF.multi_margin_loss(x, t))
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = make_tensor((4, 5), torch.float32, device).requires_grad_()
-    y = make_tensor((4, 5), torch.float32, device, seed=1)
-    (g_eager,) = torch.autograd.grad(f(x, y), x)
-    out = compiled(x, y)
-    (g_compiled,) = torch.autograd.grad(out, x)
-    assert_close(out, f(x, y))
-    assert_close(g_compiled, g_eager)
+    assert_compiles_like_eager(f, make_tensor((4, 5), torch.float32, device).requires_grad_(),
+                               make_tensor((4, 5), torch.float32, device, seed=1))
 
 
 @device_params

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import pyops.functional as PF
-from helpers import FLOAT_DTYPES, HALF_DTYPES, LAYOUTS
+from helpers import FLOAT_DTYPES, LAYOUTS
 
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -9,8 +9,8 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import (FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, assert_close, assert_no_worse_than_torch,
-                     device_params, make_tensor)
+from helpers import (FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, assert_close, assert_compiles_like_eager,
+                     assert_no_worse_than_torch, device_params, make_tensor)
 
 OPS = {"softmax": (PF.softmax, TF.softmax), "log_softmax": (PF.log_softmax, TF.log_softmax)}
 BACKWARD = {"softmax": torch.ops.aten._softmax_backward_data,
@@ -151,13 +151,7 @@ def test_compile_fullgraph_matches_eager(device, name):
     def f(x):
         return (ours(x * 2, 1) * torch.arange(9, device=x.device)).sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = make_tensor((8, 9), torch.float32, device).requires_grad_()
-    (g_eager,) = torch.autograd.grad(f(x), x)
-    y = compiled(x)
-    (g_compiled,) = torch.autograd.grad(y, x)
-    assert_close(y, f(x))
-    assert_close(g_compiled, g_eager)
+    assert_compiles_like_eager(f, make_tensor((8, 9), torch.float32, device).requires_grad_())
 
 
 @device_params
