@@ -245,10 +245,12 @@ def _ce_backward(ctx, grad_loss, grad_lse):
         grad_input = ops.cross_entropy_backward(grad_loss, input, target, weight, reduction,
                                                 ignore_index, smoothing, lse)
     if ctx.needs_input_grad[1]:  # probability targets: d loss / d q = -(1 - eps) w log p
+        wide = input.to(_acc_dtype(input.dtype))  # in float32 for half types, as the kernels
         denominator = input.numel() // max(input.shape[_class_dim(input)], 1)
-        scale = _position_scale(grad_loss, reduction, denominator, input)
-        log_p = ops.log_softmax(input, _class_dim(input))
-        grad_target = -(1 - smoothing) * _broadcast_weight(weight, input) * log_p * scale
+        scale = _position_scale(grad_loss.to(wide.dtype), reduction, denominator, input)
+        log_p = ops.log_softmax(wide, _class_dim(input))
+        weight_b = _broadcast_weight(None if weight is None else weight.to(wide.dtype), wide)
+        grad_target = (-(1 - smoothing) * weight_b * log_p * scale).to(target.dtype)
     return grad_input, grad_target, None, None, None, None
 
 
@@ -490,7 +492,10 @@ def _register_loss(loss):
 
 
 LOSSES = [
-    _Loss("mse_loss", 3, _mse_terms, _mse_denominator),
+    # The target gradient as torch's -(grad_input): the scale first, so 2 * (x - y) cannot
+    # overflow where the gradient itself is finite.
+    _Loss("mse_loss", 3, _mse_terms, _mse_denominator, grad_overrides={
+        1: lambda s, x, y, w: -(s * 2 * (x - y) * (1 if w is None else w))}),
     _Loss("binary_cross_entropy_with_logits", 4, _bce_logits_terms),
     # torch's target gradient is -logit(input), without the loss' clamp of the logs at -100.
     _Loss("binary_cross_entropy", 3, _bce_terms, grad_overrides={

@@ -17,13 +17,21 @@ from hypothesis import strategies as st
 import pyops.functional as PF
 from helpers import FLOAT_DTYPES, LAYOUTS
 
-settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("PYOPS_HYPOTHESIS_PROFILE", "ci"))
 
 SIZES = [0, 1, 2, 3, 5, 7, 13, 31, 64, 127]
+MAX_NUMEL = 1 << 15
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
@@ -36,6 +44,8 @@ def tensors(draw, min_dims=0, max_dims=4, low=-10.0, high=10.0, specials=True,
     shape = draw(st.lists(st.sampled_from(SIZES), min_size=ndim, max_size=ndim))
     if draw(st.booleans()) and ndim:  # sometimes one long row
         shape[-1] = draw(st.sampled_from([257, 1031, 4099]))
+    while ndim and _numel(shape) > MAX_NUMEL:  # keep every example small and quick
+        shape[shape.index(max(shape))] //= 4
     layout = draw(st.sampled_from(LAYOUTS))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     base_shape = tuple(reversed(shape)) if layout == "transposed" else tuple(shape)
@@ -91,16 +101,32 @@ def grads(fn, inputs, upstream_seed=0):
 
 
 def compare(ours_fn, torch_fn, inputs, scale=1.0):
-    """Results and gradients agree, or both raise the same kind of error."""
+    """Results and gradients agree, or both raise the same kind of error. pyops computes half
+    types in float32 and rounds once, so for them torch runs in float32 on the same values."""
+    half = [t.dtype in (torch.bfloat16, torch.float16) for t in inputs if t.is_floating_point()]
     try:
-        expected = grads(torch_fn, inputs)
+        if any(half):
+            dtype = next(t.dtype for t in inputs if t.is_floating_point())
+            wide = [t.float() if t.is_floating_point() else t for t in inputs]
+            expected = [r.to(dtype) for r in grads(torch_fn, wide)]
+        else:
+            expected = grads(torch_fn, inputs)
     except (RuntimeError, ValueError, IndexError) as err:
         kind = IndexError if isinstance(err, IndexError) else \
             ValueError if isinstance(err, ValueError) else RuntimeError
         with pytest.raises(kind):
             grads(ours_fn, inputs)
         return
+    # Inputs at the edge of the dtype's range (beyond max/16) overflow intermediates, and where
+    # they do torch may say NaN (inf * 0, inf - inf) and pyops inf, or the reverse: both are
+    # overflow, and only those positions are excused.
+    edge = any(t.is_floating_point() and bool((t.double().abs() >= torch.finfo(t.dtype).max / 16).any())
+               for t in inputs)
     for a, b in zip(grads(ours_fn, inputs), expected):
+        if edge:
+            huge = torch.finfo(a.dtype).max / 16
+            overflowed = ~(a.double().abs() < huge) & ~(b.double().abs() < huge)
+            a, b = a[~overflowed], b[~overflowed]
         assert_matches(a, b, scale)
 
 
@@ -141,14 +167,18 @@ def test_cross_entropy_and_nll(x, data):
     t, ignore_index, classes = data.draw(class_targets(x))
     weight = None
     if data.draw(st.booleans()) and classes:
-        weight = (torch.rand(classes, dtype=torch.float64) + 0.1).to(x.dtype)
+        weight = torch.rand(classes, dtype=torch.float64) + 0.1
     reduction = data.draw(st.sampled_from(["none", "mean", "sum"]))
     smoothing = data.draw(st.sampled_from([0.0, 0.1, 1.0]))
-    kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction)
+
+    def kw(a):  # the weight in the logits' dtype, which the reference may widen
+        return dict(weight=None if weight is None else weight.to(a.dtype),
+                    ignore_index=ignore_index, reduction=reduction)
+
     scale = x.abs().nan_to_num(posinf=0, neginf=0).sum().item() + 1
-    compare(lambda a: PF.cross_entropy(a, t, label_smoothing=smoothing, **kw),
-            lambda a: TF.cross_entropy(a, t, label_smoothing=smoothing, **kw), [x], scale)
-    compare(lambda a: PF.nll_loss(a, t, **kw), lambda a: TF.nll_loss(a, t, **kw), [x], scale)
+    compare(lambda a: PF.cross_entropy(a, t, label_smoothing=smoothing, **kw(a)),
+            lambda a: TF.cross_entropy(a, t, label_smoothing=smoothing, **kw(a)), [x], scale)
+    compare(lambda a: PF.nll_loss(a, t, **kw(a)), lambda a: TF.nll_loss(a, t, **kw(a)), [x], scale)
 
 
 @given(x=tensors(min_dims=1, max_dims=3, low=-30, high=30), data=st.data())
@@ -200,7 +230,11 @@ def test_multi_margin_loss(x, data):
     t = torch.randint(0, classes, x.shape[:1] if x.dim() == 2 else (), generator=gen)
     kw = dict(p=data.draw(st.sampled_from([1, 2])), margin=data.draw(st.sampled_from([1.0, 0.5])),
               reduction=data.draw(st.sampled_from(["none", "mean", "sum"])))
-    if data.draw(st.booleans()):
-        kw["weight"] = (torch.rand(classes, generator=gen, dtype=torch.float64) + 0.1).to(x.dtype)
-    compare(lambda a: PF.multi_margin_loss(a, t, **kw), lambda a: TF.multi_margin_loss(a, t, **kw),
-            [x], scale=float(classes))
+    weight = torch.rand(classes, generator=gen, dtype=torch.float64) + 0.1
+    use_weight = data.draw(st.booleans())
+
+    def kw_for(a):  # (float32 and float64 only: torch has no half multi_margin_loss)
+        return dict(kw, weight=weight.to(a.dtype) if use_weight else None)
+
+    compare(lambda a: PF.multi_margin_loss(a, t, **kw_for(a)),
+            lambda a: TF.multi_margin_loss(a, t, **kw_for(a)), [x], scale=float(classes))

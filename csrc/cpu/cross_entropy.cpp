@@ -109,12 +109,22 @@ at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
   return at::scalar_tensor(total, at::kDouble);
 }
 
+// The 'mean' denominator of probability targets: the number of positions, or 0 (so NaN, as
+// torch) when the input has no elements at all.
+at::Tensor soft_denominator(const Prepared& p) {
+  const double positions = p.input.numel() == 0 ? 0.0 : static_cast<double>(p.shape.outer * p.shape.inner);
+  return at::scalar_tensor(positions, at::kDouble);
+}
+
 // ---- cross_entropy forward ------------------------------------------------------------------
 
-// Per-position results of the forward.
+// Per-position results of the forward. For class targets the loss is w_t * nll, and with label
+// smoothing `smooth` gets sum_c w_c (lse - x_c): torch reduces the two apart and then mixes them
+// as (1 - eps) * nll + eps / C * smooth, which decides where overflow turns into NaN.
 template <typename T>
 struct ForwardOut {
   T* loss;
+  T* smooth;  // nullptr unless class targets and label smoothing
   T* lse;
 };
 
@@ -129,11 +139,11 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
   out.lse[p] = max + log_sum;  // also for ignored rows: the backward needs to know if it is NaN
   if (!q && target == a.ignore_index) {
     out.loss[p] = 0;
+    if (out.smooth) out.smooth[p] = 0;
     return;
   }
-  const T eps_c = a.smoothing / C;
   if (q) {  // sum_c w_c q'_c (max - x_c + log_sum), q' = (1 - eps) q + eps / C
-    const V keep(T(1) - a.smoothing), spread(eps_c);
+    const V keep(T(1) - a.smoothing), spread(a.smoothing / C);
     T wq_sum, wq_gap;
     if (a.weight) {
       wq_sum = row_map_sum<T>([&](V w, V qv) { return w * (qv * keep + spread); }, C, a.weight, q);
@@ -147,13 +157,12 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
     return;
   }
   const int64_t t = checked_target(target, C);
-  T loss = (T(1) - a.smoothing) * a.w(t) * ((max - x[t]) + log_sum);
-  if (a.smoothing != T(0)) {  // eps / C * sum_c w_c (max - x_c + log_sum)
+  out.loss[p] = a.w(t) * ((max - x[t]) + log_sum);
+  if (out.smooth) {  // sum_c w_c (max - x_c + log_sum)
     const T gap = a.weight ? row_map_sum<T>([&](V w, V v) { return w * (vmax - v); }, C, a.weight, x)
                            : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
-    loss += eps_c * (gap + a.weight_sum * log_sum);
+    out.smooth[p] = gap + a.weight_sum * log_sum;
   }
-  out.loss[p] = loss;
 }
 
 // The same for a tile: `width` positions p0.. side by side, class c of position j at
@@ -217,12 +226,12 @@ void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int6
     out.lse[p] = col_max[j] + col_log_sum[j];
     if (targets[p] == a.ignore_index) {
       out.loss[p] = 0;
+      if (out.smooth) out.smooth[p] = 0;
       continue;
     }
     const int64_t t = checked_target(targets[p], C);
-    T loss = keep * a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]);
-    if (a.smoothing != T(0)) loss += eps_c * (col_gap[j] + a.weight_sum * col_log_sum[j]);
-    out.loss[p] = loss;
+    out.loss[p] = a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]);
+    if (out.smooth) out.smooth[p] = col_gap[j] + a.weight_sum * col_log_sum[j];
   }
 }
 
@@ -239,12 +248,16 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto losses = at::empty({positions}, input.options().dtype(acc));
+  const bool split = !prep.soft && label_smoothing > 0;
+  auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
   auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
   at::Tensor denominator;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
-    const ForwardOut<T> out{losses.mutable_data_ptr<T>(), lse.mutable_data_ptr<T>()};
+    const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
+                            split ? smooth.mutable_data_ptr<T>() : nullptr,
+                            lse.mutable_data_ptr<T>()};
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
     const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
@@ -263,13 +276,23 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
       });
     } else {  // no positions or no classes; targets are still checked below
       losses.zero_();
+      if (split) smooth.zero_();
       lse.fill_(-std::numeric_limits<double>::infinity());
     }
-    denominator = prep.soft ? at::scalar_tensor(static_cast<double>(positions), at::kDouble)
-                            : target_weight_sum(prep.target, args);
+    denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
   });
-  return {reduce_losses(losses, reduction, denominator, prep.position_shape, input.scalar_type()),
-          lse};
+  if (!split) {
+    return {reduce_losses(losses, reduction, denominator, prep.position_shape, input.scalar_type()),
+            lse};
+  }
+  // (1 - eps) * nll + eps / C * smooth, each reduced on its own as torch does (eps / C is inf,
+  // so the result NaN, when there are no classes).
+  const double eps_c = label_smoothing / static_cast<double>(s.dim);
+  const auto dtype = input.scalar_type();
+  const auto mixed = reduce_losses(losses, reduction, denominator, prep.position_shape, at::kDouble) *
+                         (1.0 - label_smoothing) +
+                     reduce_losses(smooth, reduction, denominator, prep.position_shape, at::kDouble) * eps_c;
+  return {mixed.to(dtype), lse};
 }
 
 // ---- cross_entropy backward -----------------------------------------------------------------
@@ -390,8 +413,8 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
-    const auto denominator = prep.soft ? at::scalar_tensor(static_cast<double>(positions), at::kDouble)
-                                       : target_weight_sum(prep.target, args);
+    const auto denominator =
+        prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
     const GradScale<T> scale(grad, reduction, denominator, positions);
     const T* lp = lse_c.const_data_ptr<T>();
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();

@@ -126,7 +126,8 @@ at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
   const auto e = prepare("pyops::mse_loss_backward", input, target, weight);
   return elementwise_backward(grad, e, reduction, mse_denominator(e), [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
-    return V(2) * (v[kX] - v[kY]) * v[kW] * v[kGrad];
+    // The upstream scale first, as torch's (2 / N) * (x - y) * grad: no overflow of 2 * (x - y).
+    return v[kGrad] * V(2) * (v[kX] - v[kY]) * v[kW];
   });
 }
 
@@ -326,13 +327,13 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
     using V = Vectorized<T>;
     T* lp = losses.mutable_data_ptr<T>();
     for_each_margin_row<scalar_t>(m, [&](int64_t r, const T* x, int64_t t, T w_t) {
-      const V shift(static_cast<T>(margin) - x[t]);
+      const V shift(static_cast<T>(margin) - x[t]), weight(w_t);
+      // Weighted term by term and divided at the end, as torch: the same overflow behaviour.
       const auto term = [&](V v) {
         const V h = positive_part(shift + v);
-        return p == 1 ? h : h * h;
+        return (p == 1 ? h : h * h) * weight;
       };
-      const T sum = row_sum_excluding(term, x, m.classes, t);
-      lp[r] = sum * w_t / m.classes;
+      lp[r] = row_sum_excluding(term, x, m.classes, t) / m.classes;
     });
   });
   std::vector<int64_t> shape;
