@@ -54,7 +54,8 @@ def run(args):
     cfg = C.Config(
         device=args.device,
         dtypes=[DTYPES[d] for d in args.dtypes.split(",")],
-        peers=["torch"] + (["torch.compile"] if args.compile else []),
+        peers=["torch"] + (["torch.compile"] if args.compile else [])
+              + (["liger"] if args.device == "cuda" else []),
         size_filter={s for s in args.sizes.split(",") if s},
         quick=args.quick,
     )
@@ -71,7 +72,8 @@ def run(args):
         except Exception as err:  # a peer that cannot run this case is reported, not dropped
             fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}
         case_records = []
-        for impl in ["torch", "pyops"] + [p for p in cfg.peers if p != "torch"]:
+        extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
+        for impl in ["torch", "pyops"] + extra:
             record = {"op": case.op, "direction": case.direction, "dtype": str(case.dtype)[6:],
                       "shape": case.label, "params": case.params, "impl": impl,
                       "bytes": case.nbytes, "median_s": None, "iqr_s": None, "gbps": None,

@@ -76,11 +76,40 @@ def _compiled(fn):
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
-def _peers(cfg, torch_fn, pyops_fn):
+def _peers(cfg, torch_fn, pyops_fn, liger=None):
+    """The implementations of a case. `liger` makes Liger Kernel's version (CUDA only); when it
+    cannot, the row says why instead of vanishing."""
     fns = {"torch": torch_fn, "pyops": pyops_fn}
     if "torch.compile" in cfg.peers:
         fns["torch.compile"] = _compiled(torch_fn)
+    if liger is not None and "liger" in cfg.peers:
+        try:
+            fns["liger"] = liger()
+        except (ImportError, AttributeError) as err:
+            fns["liger"] = _unavailable(f"Liger Kernel: {type(err).__name__}: {err}")
     return fns
+
+
+def _unavailable(reason):
+    def fn(*args):
+        raise RuntimeError(reason)
+    return fn
+
+
+def _liger_softmax(dim):
+    def make():
+        from liger_kernel.transformers import LigerSoftmax
+        if dim not in (-1,):
+            raise AttributeError("LigerSoftmax reduces over the last dim only")
+        return LigerSoftmax()
+    return make
+
+
+def _liger_cross_entropy(smoothing):
+    def make():
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+        return LigerCrossEntropyLoss(ignore_index=-100, label_smoothing=smoothing)
+    return make
 
 
 def _randn(shape, dtype, cfg):
@@ -138,10 +167,11 @@ def softmax_cases(cfg):
             for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else shapes:
                 nbytes = _numel(shape) * dtype.itemsize
                 params = f"dim={dim}"
+                liger = _liger_softmax(dim) if name == "softmax" else None
                 yield Case(name, "fwd", dtype, shape, params, 2 * nbytes,
                            lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
-                           lambda cfg, f=torch_fwd, p=pyops_fwd, dim=dim:
-                               _peers(cfg, lambda x: f(x, dim), lambda x: p(x, dim)))
+                           lambda cfg, f=torch_fwd, p=pyops_fwd, dim=dim, lg=liger:
+                               _peers(cfg, lambda x: f(x, dim), lambda x: p(x, dim), lg))
                 yield Case(name, "bwd", dtype, shape, params, 3 * nbytes,
                            lambda cfg, s=shape, d=dtype, f=torch_fwd, dim=dim:
                                (_randn(s, d, cfg), f(_randn(s, d, cfg), dim)),
@@ -158,8 +188,8 @@ def _fwd_bwd(loss_fn):
     return run
 
 
-def _loss_peers(cfg, direction, torch_fn, pyops_fn):
-    fns = _peers(cfg, torch_fn, pyops_fn)
+def _loss_peers(cfg, direction, torch_fn, pyops_fn, liger=None):
+    fns = _peers(cfg, torch_fn, pyops_fn, liger)
     return fns if direction == "fwd" else {name: _fwd_bwd(fn) for name, fn in fns.items()}
 
 
@@ -188,7 +218,8 @@ def cross_entropy_cases(cfg):
             for direction, nbytes in (("fwd", logits), ("fwd+bwd", 2 * logits)):
                 yield Case("cross_entropy", direction, dtype, shape, params, nbytes + 8 * shape[0],
                            lambda cfg, s=shape, d=dtype, r=direction != "fwd": _ce_inputs(cfg, s, d, r),
-                           lambda cfg, r=direction, o=ours, t=theirs: _loss_peers(cfg, r, t, o))
+                           lambda cfg, r=direction, o=ours, t=theirs, sm=smoothing:
+                               _loss_peers(cfg, r, t, o, _liger_cross_entropy(sm)))
 
 
 def _hinge_expression(x, y):
