@@ -37,6 +37,9 @@ def worker(rank, world, store, out):
         loss_fn(model, x[shard], t[shard]).backward()
         if rank == 0:
             torch.save([p.grad for p in model.parameters()], out)
+        # Neither rank tears the group down while the other may still use it: a gloo peer that
+        # disappears mid-call aborts the other process.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
