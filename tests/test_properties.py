@@ -118,14 +118,16 @@ def compare(ours_fn, torch_fn, inputs, scale=1.0):
             grads(ours_fn, inputs)
         return
     # Inputs at the edge of the dtype's range (beyond max/16) overflow intermediates, and where
-    # they do torch may say NaN (inf * 0, inf - inf) and pyops inf, or the reverse: both are
-    # overflow, and only those positions are excused.
+    # they do torch may say NaN (inf * 0, inf - inf) and pyops inf, or one of them a value just
+    # below the limit (within 10^4 of it): summation order decides. Only those positions are
+    # excused.
     edge = any(t.is_floating_point() and bool((t.double().abs() >= torch.finfo(t.dtype).max / 16).any())
                for t in inputs)
     for a, b in zip(grads(ours_fn, inputs), expected):
         if edge:
-            huge = torch.finfo(a.dtype).max / 16
-            overflowed = ~(a.double().abs() < huge) & ~(b.double().abs() < huge)
+            near = torch.finfo(a.dtype).max / 1e4
+            a_near, b_near = ~(a.double().abs() < near), ~(b.double().abs() < near)
+            overflowed = a_near & b_near & (~torch.isfinite(a) | ~torch.isfinite(b))
             a, b = a[~overflowed], b[~overflowed]
         assert_matches(a, b, scale)
 
