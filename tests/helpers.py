@@ -116,3 +116,11 @@ def assert_compiles_like_eager(fn, x, *rest):
     (g_compiled,) = torch.autograd.grad(out, x)
     assert_close(out, fn(x, *rest))
     assert_close(g_compiled, g_eager)
+
+
+def assert_raises_like_torch(exc, call, ours, theirs):
+    """call(theirs) raises exc, and so does call(ours)."""
+    with pytest.raises(exc):
+        call(theirs)
+    with pytest.raises(exc):
+        call(ours)

@@ -12,7 +12,7 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_like_eager,
-                     assert_results_match, device_params, make_tensor)
+                     assert_raises_like_torch, assert_results_match, device_params, make_tensor)
 
 PYOPS_OPS = ["cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward"]
 
@@ -304,10 +304,7 @@ def bad_calls(device):
 def test_errors_like_torch(device, name):
     ours, theirs = getattr(PF, name), getattr(TF, name)
     for what, exc, call in bad_calls(device):
-        with pytest.raises(exc):
-            call(theirs)
-        with pytest.raises(exc):
-            call(ours)
+        assert_raises_like_torch(exc, call, ours, theirs)
 
 
 @device_params

@@ -10,7 +10,7 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_like_eager,
-                     assert_results_match, device_params, make_tensor)
+                     assert_raises_like_torch, assert_results_match, device_params, make_tensor)
 
 PYOPS_OPS = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "hinge_loss",
              "multi_margin_loss"]
@@ -204,10 +204,7 @@ def test_multi_margin_errors_like_torch(device):
         (ValueError, lambda f: f(x, t, reduction="avg")),
     ]
     for exc, call in cases:
-        with pytest.raises(exc):
-            call(TF.multi_margin_loss)
-        with pytest.raises(exc):
-            call(PF.multi_margin_loss)
+        assert_raises_like_torch(exc, call, PF.multi_margin_loss, TF.multi_margin_loss)
 
 
 # ---- errors of the elementwise losses -------------------------------------------------------------
@@ -231,10 +228,7 @@ def test_elementwise_errors_like_torch(device):
     for exc, call in cases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with pytest.raises(exc):
-                call(TF)
-            with pytest.raises(exc):
-                call(PF)
+            assert_raises_like_torch(exc, call, PF, TF)
     with pytest.raises(ValueError):
         PF.hinge_loss(x, y, reduction="avg")
 

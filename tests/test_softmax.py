@@ -10,7 +10,8 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, assert_close, assert_compiles_like_eager,
-                     assert_no_worse_than_torch, device_params, make_tensor)
+                     assert_no_worse_than_torch, assert_raises_like_torch, device_params,
+                     make_tensor)
 
 OPS = {"softmax": (PF.softmax, TF.softmax), "log_softmax": (PF.log_softmax, TF.log_softmax)}
 BACKWARD = {"softmax": torch.ops.aten._softmax_backward_data,
@@ -197,10 +198,7 @@ def test_errors_like_torch(device, name):
     x = make_tensor((3, 4), torch.float32, device)
     for exc, bad in [(IndexError, lambda f: f(x, 2)), (IndexError, lambda f: f(x, -3)),
                      (RuntimeError, lambda f: f(torch.arange(4, device=device), 0))]:
-        with pytest.raises(exc):
-            bad(theirs)
-        with pytest.raises(exc):
-            bad(ours)
+        assert_raises_like_torch(exc, bad, ours, theirs)
 
 
 @device_params
