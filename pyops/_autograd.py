@@ -202,11 +202,16 @@ def _target_weights(target, weight, ignore_index, dtype):
     return torch.where(valid, w.to(dtype), torch.zeros((), dtype=dtype, device=target.device)), valid
 
 
+def _element_scale(grad, reduction, denominator):
+    """The upstream gradient of each loss element: grad itself, or grad / denominator for mean."""
+    return grad / denominator if reduction == REDUCTION_MEAN else grad
+
+
 def _position_scale(grad, reduction, denominator, input):
     """The upstream gradient per position, shaped to broadcast along the class dim."""
     if reduction == REDUCTION_NONE:
         return grad.unsqueeze(_class_dim(input))
-    return grad / denominator if reduction == REDUCTION_MEAN else grad
+    return _element_scale(grad, reduction, denominator)
 
 
 def _reduce_positions(values, reduction, denominator):
@@ -409,9 +414,7 @@ class _Loss:
         self.grad_overrides = grad_overrides or {}
 
     def element_scale(self, grad, tensors, reduction):
-        if reduction == REDUCTION_MEAN:
-            return grad / self.denominator(*tensors)
-        return grad
+        return _element_scale(grad, reduction, self.denominator(*tensors))
 
     def reduced(self, tensors, scalars, reduction):
         values = self.terms(*tensors, *scalars)
