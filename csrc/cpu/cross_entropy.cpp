@@ -27,64 +27,6 @@ struct LossArgs {
   T w(int64_t c) const { return weight ? weight[c] : T(1); }
 };
 
-// Inputs checked and laid out for the kernels.
-struct Prepared {
-  at::Tensor input;   // dense, positions in logical order
-  at::Tensor target;  // class indices (int64, contiguous) or probabilities (input's layout)
-  at::Tensor weight;  // accumulation dtype, contiguous, or undefined
-  int64_t class_dim;
-  bool soft;
-  Shape3 shape;
-  std::vector<int64_t> position_shape;  // input's shape without the class dim
-};
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-Prepared prepare(const char* op, const at::Tensor& input, const at::Tensor& target,
-                 const std::optional<at::Tensor>& weight, bool allow_soft) {
-  check_floating(op, input);
-  TORCH_CHECK(input.dim() >= 1, op, ": input must have at least one dim (the classes), got 0");
-  TORCH_CHECK(target.device() == input.device(), op,
-              ": input and target must be on the same device, got ", input.device(), " and ",
-              target.device());
-  Prepared p;
-  p.class_dim = input.dim() == 1 ? 0 : 1;
-  p.position_shape = input.sizes().vec();
-  p.position_shape.erase(p.position_shape.begin() + p.class_dim);
-  p.soft = allow_soft && at::isFloatingType(target.scalar_type());
-  const int64_t classes = input.size(p.class_dim);
-  if (weight && weight->defined()) {
-    TORCH_CHECK(weight->dim() == 1 && weight->numel() == classes, op,
-                ": weight tensor should be defined either for all ", classes,
-                " classes or no classes but got weight tensor of shape: ", weight->sizes());
-    TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected scalar type ",
-                input.scalar_type(), " but found ", weight->scalar_type(), " for weight");
-    TORCH_CHECK(weight->device() == input.device(), op, ": weight must be on ", input.device());
-    p.weight = weight->to(acc_dtype(input.scalar_type())).contiguous();
-  }
-  auto x = dense(input);
-  if (!positions_in_logical_order(x, p.class_dim)) x = x.contiguous();
-  p.input = x;
-  p.shape = shape3(x, p.class_dim);
-  if (p.soft) {
-    TORCH_CHECK(target.sizes() == input.sizes(), op,
-                ": probability targets must have the input's shape ", input.sizes(), ", got ",
-                target.sizes());
-    TORCH_CHECK(target.scalar_type() == input.scalar_type(), op,
-                ": probability targets must have the input's dtype ", input.scalar_type(),
-                ", got ", target.scalar_type());
-    p.target = in_layout_of(target, x);
-  } else {
-    TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, op,
-                ": expected target dtype to be Long or Byte, but got ", target.scalar_type());
-    TORCH_CHECK(target.sizes() == at::IntArrayRef(p.position_shape), op,
-                ": expected target size ", at::IntArrayRef(p.position_shape), ", got ",
-                target.sizes());
-    p.target = target.to(at::kLong).contiguous();
-  }
-  return p;
-}
-
 template <typename T>
 LossArgs<T> loss_args(const Prepared& p, int64_t ignore_index, double smoothing) {
   const int64_t classes = p.shape.dim;
@@ -107,13 +49,6 @@ at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
     if (t[p] != a.ignore_index) total += a.w(checked_target(t[p], a.classes));
   }
   return at::scalar_tensor(total, at::kDouble);
-}
-
-// The 'mean' denominator of probability targets: the number of positions, or 0 (so NaN, as
-// torch) when the input has no elements at all.
-at::Tensor soft_denominator(const Prepared& p) {
-  const double positions = p.input.numel() == 0 ? 0.0 : static_cast<double>(p.shape.outer * p.shape.inner);
-  return at::scalar_tensor(positions, at::kDouble);
 }
 
 // ---- cross_entropy forward ------------------------------------------------------------------
@@ -243,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   check_reduction(reduction);
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
               "label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
-  const Prepared prep = prepare(op, input, target, weight, /*allow_soft=*/true);
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
@@ -281,18 +216,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
     }
     denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
   });
-  if (!split) {
-    return {reduce_losses(losses, reduction, denominator, prep.position_shape, input.scalar_type()),
-            lse};
-  }
-  // (1 - eps) * nll + eps / C * smooth, each reduced on its own as torch does (eps / C is inf,
-  // so the result NaN, when there are no classes).
-  const double eps_c = label_smoothing / static_cast<double>(s.dim);
-  const auto dtype = input.scalar_type();
-  const auto mixed = reduce_losses(losses, reduction, denominator, prep.position_shape, at::kDouble) *
-                         (1.0 - label_smoothing) +
-                     reduce_losses(smooth, reduction, denominator, prep.position_shape, at::kDouble) * eps_c;
-  return {mixed.to(dtype), lse};
+  return {class_loss_output(losses, smooth, reduction, denominator, prep, label_smoothing), lse};
 }
 
 // ---- cross_entropy backward -----------------------------------------------------------------
@@ -390,19 +314,13 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
   }
 }
 
-// The result in the layout autograd expects of `input`, from the gradient computed in `prep`'s.
-at::Tensor in_input_layout(const at::Tensor& input, const at::Tensor& result) {
-  const auto like = dense(input);
-  return like.strides() == result.strides() ? result : at::empty_like(like).copy_(result);
-}
-
 at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
                                   const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                   int64_t reduction, int64_t ignore_index, double label_smoothing,
                                   const at::Tensor& lse) {
   constexpr const char* op = "pyops::cross_entropy_backward";
   check_reduction(reduction);
-  const Prepared prep = prepare(op, input, target, weight, /*allow_soft=*/true);
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc_dtype(input.scalar_type()), op,
@@ -440,6 +358,23 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   return in_input_layout(input, result);
 }
 
+// The composition of the two kernels on CPU: the logits are read twice.
+at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
+                                         const std::optional<at::Tensor>& weight,
+                                         int64_t reduction, int64_t ignore_index,
+                                         double label_smoothing, at::Tensor& grad_input) {
+  check_grad_in_forward(input, reduction, grad_input);
+  auto [loss, lse] = cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+  grad_input.copy_(cross_entropy_backward(at::ones({}, loss.options()), input, target, weight,
+                                          reduction, ignore_index, label_smoothing, lse));
+  return loss;
+}
+
+void scale_unless_one_(at::Tensor& self, const at::Tensor& scale) {
+  TORCH_CHECK(scale.numel() == 1, "scale_unless_one_: scale must have one element");
+  if (scale.item<double>() != 1.0) self.mul_(scale.reshape({}));
+}
+
 // ---- nll_loss -------------------------------------------------------------------------------
 
 // Memory offset of class c at position p in prep.input (dense, positions in logical order).
@@ -451,7 +386,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, int64_t reduction,
                     int64_t ignore_index) {
   check_reduction(reduction);
-  const Prepared prep = prepare("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
+  const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
@@ -482,7 +417,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
                              int64_t reduction, int64_t ignore_index) {
   check_reduction(reduction);
   const Prepared prep =
-      prepare("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
+      prepare_classes("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto result = output_like(prep.input).zero_();
@@ -508,6 +443,8 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
 TORCH_LIBRARY_IMPL(pyops, CPU, m) {
   m.impl("cross_entropy", &cross_entropy);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("cross_entropy_grad_in_forward", &cross_entropy_grad_in_forward);
+  m.impl("scale_unless_one_", &scale_unless_one_);
   m.impl("nll_loss", &nll_loss);
   m.impl("nll_loss_backward", &nll_loss_backward);
 }

@@ -3,30 +3,12 @@
 #pragma once
 
 #include "common.h"
+#include "../loss_inputs.h"
 
 #include <array>
 #include <vector>
 
 namespace pyops::cpu {
-
-// As at::Reduction: 0 none, 1 mean, 2 sum.
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-inline void check_reduction(int64_t reduction) {
-  TORCH_CHECK(reduction >= kNone && reduction <= kSum,
-              "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-}
-
-// The loss output from per-element losses (in the accumulation dtype): the losses themselves in
-// `shape` for 'none'; their sum for 'sum'; their sum over `denominator` (a 0-dim tensor) for
-// 'mean', which is NaN when the denominator is 0, as in torch.
-inline at::Tensor reduce_losses(const at::Tensor& losses, int64_t reduction,
-                                const at::Tensor& denominator, at::IntArrayRef shape,
-                                at::ScalarType dtype) {
-  if (reduction == kNone) return losses.view(shape).to(dtype);
-  const auto total = losses.sum(at::kDouble);
-  return (reduction == kSum ? total : total / denominator.to(at::kDouble)).to(dtype);
-}
 
 // The upstream gradient of element p: grad[p] for 'none', grad for 'sum', grad / denominator
 // for 'mean'. Reads the (small) upstream gradient once, in the accumulation dtype.

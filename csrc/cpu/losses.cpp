@@ -10,35 +10,6 @@
 namespace pyops::cpu {
 namespace {
 
-// Inputs of an elementwise loss, each dense and laid out exactly like x.
-struct Elementwise {
-  at::Tensor x, y, w, pos_w;
-};
-
-at::Tensor like_input(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                      const at::Tensor& input, const at::Tensor& x) {
-  if (!t || !t->defined()) return {};
-  TORCH_CHECK(t->scalar_type() == input.scalar_type(), op, ": expected ", name, " of dtype ",
-              input.scalar_type(), ", got ", t->scalar_type());
-  TORCH_CHECK(t->device() == input.device(), op, ": expected ", name, " on ", input.device(),
-              ", got ", t->device());
-  return in_layout_of(t->expand(input.sizes()), x);
-}
-
-Elementwise prepare(const char* op, const at::Tensor& input, const at::Tensor& target,
-                    const std::optional<at::Tensor>& weight = std::nullopt,
-                    const std::optional<at::Tensor>& pos_weight = std::nullopt) {
-  check_floating(op, input);
-  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", target.sizes(),
-              " must be the same as input size ", input.sizes());
-  Elementwise e;
-  e.x = dense(input);
-  e.y = like_input(op, "target", target, input, e.x);
-  e.w = like_input(op, "weight", weight, input, e.x);
-  e.pos_w = like_input(op, "pos_weight", pos_weight, input, e.x);
-  return e;
-}
-
 template <typename scalar_t>
 Operands<scalar_t> operands(const Elementwise& e) {
   Operands<scalar_t> ops;
@@ -113,7 +84,7 @@ double mse_denominator(const Elementwise& e) {
 
 at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare("pyops::mse_loss", input, target, weight);
+  const auto e = prepare_elementwise("pyops::mse_loss", input, target, weight);
   return elementwise_forward(e, reduction, mse_denominator(e), [](const auto& v) {
     const auto d = v[kX] - v[kY];
     return d * d * v[kW];
@@ -123,7 +94,7 @@ at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
 at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
                              int64_t reduction) {
-  const auto e = prepare("pyops::mse_loss_backward", input, target, weight);
+  const auto e = prepare_elementwise("pyops::mse_loss_backward", input, target, weight);
   return elementwise_backward(grad, e, reduction, mse_denominator(e), [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
     // The upstream scale first, as torch's (2 / N) * (x - y) * grad: no overflow of 2 * (x - y).
@@ -145,7 +116,7 @@ at::Tensor binary_cross_entropy_with_logits(const at::Tensor& input, const at::T
                                             const std::optional<at::Tensor>& weight,
                                             const std::optional<at::Tensor>& pos_weight,
                                             int64_t reduction) {
-  const auto e = prepare("pyops::binary_cross_entropy_with_logits", input, target, weight,
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits", input, target, weight,
                          pos_weight);
   return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
@@ -160,7 +131,7 @@ at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
                                                      const std::optional<at::Tensor>& weight,
                                                      const std::optional<at::Tensor>& pos_weight,
                                                      int64_t reduction) {
-  const auto e = prepare("pyops::binary_cross_entropy_with_logits_backward", input, target,
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits_backward", input, target,
                          weight, pos_weight);
   return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
                               [](const auto& v) {
@@ -187,7 +158,7 @@ void check_probabilities(const Elementwise& e) {
 
 at::Tensor binary_cross_entropy(const at::Tensor& input, const at::Tensor& target,
                                 const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare("pyops::binary_cross_entropy", input, target, weight);
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy", input, target, weight);
   check_probabilities(e);
   return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
@@ -201,7 +172,7 @@ at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tenso
                                          const at::Tensor& target,
                                          const std::optional<at::Tensor>& weight,
                                          int64_t reduction) {
-  const auto e = prepare("pyops::binary_cross_entropy_backward", input, target, weight);
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_backward", input, target, weight);
   return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
                               [](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
@@ -215,7 +186,7 @@ at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tenso
 
 at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double margin,
                       int64_t reduction) {
-  const auto e = prepare("pyops::hinge_loss", input, target);
+  const auto e = prepare_elementwise("pyops::hinge_loss", input, target);
   return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [margin](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
     return at::vec::maximum(V(margin) - v[kY] * v[kX], V(0));
@@ -225,7 +196,7 @@ at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double 
 // The subgradient of torch.clamp(margin - y * x, min=0): -y where margin - y * x >= 0.
 at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
                                const at::Tensor& target, double margin, int64_t reduction) {
-  const auto e = prepare("pyops::hinge_loss_backward", input, target);
+  const auto e = prepare_elementwise("pyops::hinge_loss_backward", input, target);
   return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
                               [margin](const auto& v) {
     using V = std::decay_t<decltype(v[kX])>;
@@ -237,41 +208,6 @@ at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
 // ---- multi_margin_loss ----------------------------------------------------------------------
 // Row loss: w_t / C * sum over j != t of h(margin - x_t + x_j)^p, h(z) = z for z > 0, else 0
 // (NaN included, as torch).
-
-struct MarginRows {
-  at::Tensor x;       // (rows, classes), contiguous
-  at::Tensor target;  // (rows), int64, contiguous
-  at::Tensor weight;  // (classes), accumulation dtype, or undefined
-  int64_t rows, classes;
-};
-
-MarginRows prepare_margin(const char* op, const at::Tensor& input, const at::Tensor& target,
-                          int64_t p, const std::optional<at::Tensor>& weight) {
-  check_floating(op, input);
-  TORCH_CHECK(p == 1 || p == 2, op, ": only p == 1 and p == 2 supported");
-  TORCH_CHECK(input.dim() <= 2 && (input.dim() < 2 || input.size(1) > 0), op,
-              ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
-              input.sizes());
-  MarginRows m;
-  m.rows = input.dim() == 2 ? input.size(0) : 1;
-  m.classes = input.dim() == 0 ? 1 : input.size(-1);
-  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": expected scalar type Long but found ",
-              target.scalar_type());
-  TORCH_CHECK(target.numel() == m.rows && target.dim() <= 1, op,
-              ": target tensor should be 1-D with size equal to the number of input samples "
-              "(batch size). Expected target size [", m.rows, "], but got ", target.sizes());
-  TORCH_CHECK(target.device() == input.device(), op, ": target must be on ", input.device());
-  if (weight && weight->defined()) {
-    TORCH_CHECK(weight->dim() == 1 && weight->numel() == m.classes, op,
-                ": inconsistent weight size, expected ", m.classes, " but got ", weight->sizes());
-    TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected weight of dtype ",
-                input.scalar_type(), ", got ", weight->scalar_type());
-    m.weight = weight->to(input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
-  }
-  m.x = input.reshape({m.rows, m.classes}).contiguous();
-  m.target = target.reshape({m.rows}).contiguous();
-  return m;
-}
 
 int64_t checked_margin_target(int64_t t, int64_t classes) {
   TORCH_CHECK(t >= 0 && t < classes, "target out of range");
@@ -320,7 +256,7 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
                              int64_t reduction) {
   check_reduction(reduction);
   const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_dtype(input.scalar_type());
   auto losses = at::empty({m.rows}, input.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = acc_t<scalar_t>;
