@@ -33,6 +33,63 @@ struct alignas(16) Pack {
   scalar_t v[vec_size<scalar_t>()];
 };
 
+// ---- a row per block -------------------------------------------------------------------------
+
+// Threads per row block: enough for the row, a multiple of 32, at most 1024.
+inline int row_threads(int64_t n) {
+  int threads = 32;
+  while (threads < 1024 && threads < n) threads *= 2;
+  return threads;
+}
+
+// Blocks for a block-per-row kernel; the kernel strides over the rest.
+inline int64_t row_blocks(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 30));
+}
+
+// Rows of n elements at these pointers can be read and written in 16-byte packs.
+template <typename scalar_t>
+bool rows_packable(const scalar_t* in, const scalar_t* out, int64_t n) {
+  return aligned16(in) && (out == nullptr || aligned16(out)) && n % vec_size<scalar_t>() == 0;
+}
+
+// Calls fn(index, value) for every element of the row this thread owns, packed when allowed.
+template <typename scalar_t, typename Fn>
+__device__ __forceinline__ void for_row(const scalar_t* row, int64_t n, bool packed, Fn fn) {
+  constexpr int kVec = vec_size<scalar_t>();
+  int64_t tail = 0;
+  if (packed) {
+    tail = n / kVec * kVec;
+    for (int64_t p = threadIdx.x; p < n / kVec; p += blockDim.x) {
+      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) fn(p * kVec + j, pack.v[j]);
+    }
+  }
+  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) fn(i, row[i]);
+}
+
+// out[i] = fn(i, row[i]) over the row, by the block's threads, packed when allowed.
+template <typename scalar_t, typename Fn>
+__device__ __forceinline__ void map_row(const scalar_t* row, scalar_t* out, int64_t n, bool packed,
+                                        Fn fn) {
+  constexpr int kVec = vec_size<scalar_t>();
+  int64_t tail = 0;
+  if (packed) {
+    tail = n / kVec * kVec;
+    for (int64_t p = threadIdx.x; p < n / kVec; p += blockDim.x) {
+      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
+      Pack<scalar_t> result;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, pack.v[j]));
+      reinterpret_cast<Pack<scalar_t>*>(out)[p] = result;
+    }
+  }
+  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) {
+    out[i] = static_cast<scalar_t>(fn(i, row[i]));
+  }
+}
+
 // max that propagates NaN, as torch's reductions do.
 template <typename T>
 __device__ __forceinline__ T nan_max(T a, T b) {
@@ -70,7 +127,15 @@ struct MaxSum {
 
   static __device__ __forceinline__ MaxSum empty() { return {T(-INFINITY), T(0)}; }
 
-  __device__ __forceinline__ void add(T x) { merge(MaxSum{x, T(1)}); }
+  // One exp per element: the sum is rescaled only when x raises the max. A max of +inf makes
+  // the sum NaN, as exp(inf - inf) does in the two-pass form.
+  __device__ __forceinline__ void add(T x) {
+    const bool raises = x > max || x != x;
+    const T m = raises ? x : max;
+    const T e = x == T(-INFINITY) ? T(0) : ::exp((raises ? max : x) - m);
+    sum = raises ? sum * e + (x == T(INFINITY) ? T(NAN) : T(1)) : sum + e;
+    max = m;
+  }
 
   // A part whose max is -inf adds nothing (and must not turn exp(-inf - -inf) into NaN).
   __device__ __forceinline__ void merge(MaxSum o) {

@@ -11,22 +11,6 @@
 namespace pyops::cuda {
 namespace {
 
-// Calls fn(index, value) for every element of the row this thread owns, packed when allowed.
-template <typename scalar_t, typename Fn>
-__device__ __forceinline__ void for_row(const scalar_t* row, int64_t n, bool packed, Fn fn) {
-  constexpr int kVec = vec_size<scalar_t>();
-  int64_t tail = 0;
-  if (packed) {
-    tail = n / kVec * kVec;
-    for (int64_t p = threadIdx.x; p < n / kVec; p += blockDim.x) {
-      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) fn(p * kVec + j, pack.v[j]);
-    }
-  }
-  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) fn(i, row[i]);
-}
-
 template <typename scalar_t>
 __global__ void softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                     int64_t rows, int64_t n, bool packed, bool log) {
@@ -39,9 +23,9 @@ __global__ void softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* _
     for_row(x, n, packed, [&](int64_t, scalar_t v) { acc.add(static_cast<T>(v)); });
     const MaxSum<T> total = block_max_sum(acc, shared);
     const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
-    for_row(x, n, packed, [&](int64_t i, scalar_t v) {
+    map_row(x, y, n, packed, [&](int64_t, scalar_t v) {
       const T shifted = static_cast<T>(v) - total.max;
-      y[i] = static_cast<scalar_t>(log ? shifted - log_sum : ::exp(shifted) * scale);
+      return log ? shifted - log_sum : ::exp(shifted) * scale;
     });
   }
 }
@@ -110,15 +94,6 @@ __global__ void softmax_backward_columns_kernel(const scalar_t* __restrict__ gra
   }
 }
 
-// Threads per row block: enough for the row, a multiple of 32, at most 1024.
-int row_threads(int64_t n) {
-  int threads = 32;
-  while (threads < 1024 && threads < n) threads *= 2;
-  return threads;
-}
-
-int64_t row_blocks(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 30)); }
-
 at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const char* op) {
   check_floating(op, self);
   dim = at::maybe_wrap_dim(dim, self.dim());
@@ -132,7 +107,7 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      const bool packed = aligned16(in) && s.dim % vec_size<scalar_t>() == 0;
+      const bool packed = rows_packable(in, o, s.dim);
       softmax_rows_kernel<<<row_blocks(s.outer), row_threads(s.dim), 0, stream>>>(
           in, o, s.outer, s.dim, packed, log);
     } else {
