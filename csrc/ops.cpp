@@ -25,6 +25,13 @@ TORCH_LIBRARY(pyops, m) {
         "int ignore_index, float label_smoothing) -> (Tensor, Tensor)");
   m.def("cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
         "int reduction, int ignore_index, float label_smoothing, Tensor lse) -> Tensor");
+  // The forward with the input gradient in the same pass, for an upstream gradient of one,
+  // written into grad_input (a buffer laid out like input); returns the reduced loss.
+  // scale_unless_one_ then scales that gradient by the real upstream gradient, testing it for
+  // one on the device (no host synchronisation).
+  m.def("cross_entropy_grad_in_forward(Tensor input, Tensor target, Tensor? weight, "
+        "int reduction, int ignore_index, float label_smoothing, Tensor(a!) grad_input) -> Tensor");
+  m.def("scale_unless_one_(Tensor(a!) self, Tensor scale) -> ()");
   m.def("nll_loss(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "int ignore_index) -> Tensor");
   m.def("nll_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "

@@ -307,6 +307,46 @@ torch.library.register_autograd(
     "pyops::cross_entropy_backward", _ce_backward_backward, setup_context=_ce_backward_setup)
 
 
+# ---- cross_entropy with the gradient computed in the forward ---------------------------------
+
+@register_fake("cross_entropy_grad_in_forward")
+def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_input):
+    return input.new_empty(())
+
+
+@register_fake("scale_unless_one_")
+def _(self, scale):
+    return None
+
+
+class CrossEntropyGradInForward(torch.autograd.Function):
+    """cross_entropy whose forward also writes the input gradient, so the logits are read once
+    in all. The backward scales that saved gradient in place by the upstream gradient (a no-op
+    when it is one, tested on the device), so the graph can be backpropagated once only, and
+    not differentiated twice. With overwrite_input the gradient replaces the logits."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing,
+                overwrite_input):
+        grad = input if overwrite_input else torch.empty_like(input)
+        loss = ops.cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
+                                                 label_smoothing, grad)
+        ctx.save_for_backward(grad)
+        ctx.spent = False
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        if ctx.spent:
+            raise RuntimeError("cross_entropy(grad_in_forward=True): the gradient was already "
+                               "handed out; this graph can be backpropagated once only")
+        ctx.spent = True
+        (grad,) = ctx.saved_tensors
+        ops.scale_unless_one_(grad, grad_loss)
+        return grad, None, None, None, None, None, None
+
+
 # ---- nll_loss -------------------------------------------------------------------------------
 
 @register_fake("nll_loss")

@@ -6,6 +6,8 @@ import warnings
 import torch
 from torch.nn import _reduction
 
+from ._autograd import REDUCTION_NONE, CrossEntropyGradInForward
+
 ops = torch.ops.pyops
 
 __all__ = ["sigmoid", "tanh", "relu", "softmax", "log_softmax", "cross_entropy", "nll_loss",
@@ -103,11 +105,17 @@ def _check_class_target_batch(input, target):
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0):
+                  reduction="mean", label_smoothing=0.0, *, grad_in_forward=False,
+                  overwrite_input=False):
     """torch.nn.functional.cross_entropy, fused: log-softmax and the loss in one pass per row.
 
     Targets are class indices (int64 or uint8) or class probabilities of input's shape.
     label_smoothing outside [0, 1] raises (torch lets negative values through).
+
+    grad_in_forward=True (reduction 'mean' or 'sum', input requiring grad): the forward also
+    computes the input gradient, so the logits are read once in all; the graph can then be
+    backpropagated once, and not differentiated twice. overwrite_input=True also stores that
+    gradient in input's memory instead of a new buffer (the logits are lost).
     """
     reduction = _reduction_enum(size_average, reduce, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -125,6 +133,16 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         input, target = input.to(dtype), target.to(dtype)
     else:
         _check_class_target_batch(input, target)
+    if overwrite_input and not grad_in_forward:
+        raise ValueError("cross_entropy: overwrite_input=True needs grad_in_forward=True")
+    if grad_in_forward and input.requires_grad and torch.is_grad_enabled():
+        if reduction == REDUCTION_NONE:
+            raise ValueError("cross_entropy: grad_in_forward=True needs reduction 'mean' or 'sum'")
+        if target.requires_grad or (weight is not None and weight.requires_grad):
+            raise ValueError("cross_entropy: grad_in_forward=True gives the gradient of input "
+                             "only; target and weight must not require grad")
+        return CrossEntropyGradInForward.apply(input, target, weight, reduction, ignore_index,
+                                               label_smoothing, overwrite_input)
     loss, _ = ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)
     return loss
 

@@ -12,9 +12,11 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_like_eager,
-                     assert_raises_like_torch, assert_results_match, device_params, make_tensor)
+                     assert_raises_like_torch, assert_results_match, checks_values_on_host,
+                     device_params, make_tensor)
 
-PYOPS_OPS = ["cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward"]
+PYOPS_OPS = ["cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
+             "cross_entropy_grad_in_forward", "scale_unless_one_"]
 
 # (input shape, class dim); targets take the input shape without the class dim.
 SHAPES = [((7,), 0), ((6, 5), 1), ((4, 5, 3), 1), ((2, 5, 3, 4), 1), ((3, 70, 130), 1),
@@ -280,14 +282,76 @@ def test_compile_fullgraph_with_ignored_targets(device, smoothing):
     assert_compiles_like_eager(f, make_tensor((8, 9), torch.float32, device).requires_grad_(), t)
 
 
+# ---- the gradient computed in the forward ---------------------------------------------------------
+
+@device_params
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,class_dim", [((6, 7), 1), ((3, 7, 4), 1), ((0, 7), 1)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("smoothing,weighted,soft", [(0.0, False, False), (0.1, True, False),
+                                                     (0.2, True, True)])
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("upstream", [1.0, 3.0])
+def test_grad_in_forward_matches_two_pass(device, dtype, shape, class_dim, reduction, smoothing,
+                                       weighted, soft, overwrite, upstream):
+    x = make_tensor(shape, dtype, device)
+    if soft:
+        t = torch.softmax(make_tensor(shape, dtype, device, seed=2).float(), class_dim).to(dtype)
+    else:
+        t, _ = class_targets(shape, class_dim, device, "default")
+    w = weights(shape[class_dim], dtype, device) if weighted else None
+    kw = dict(weight=w, reduction=reduction, label_smoothing=smoothing)
+    leaf = x.clone().requires_grad_()
+    logits = leaf * 1  # overwriting replaces these logits, not the leaf
+    loss = PF.cross_entropy(logits, t, grad_in_forward=True, overwrite_input=overwrite, **kw)
+    (loss * upstream).backward()
+
+    def torch_result(x, t, w):
+        x = x.clone().requires_grad_()
+        expected = TF.cross_entropy(x * 1, t, **dict(kw, weight=w))
+        (expected * upstream).backward()
+        return expected.detach(), x.grad
+
+    wide = (lambda a: a.double() if a is not None and a.is_floating_point() else a)
+    assert_results_match((loss.detach(), leaf.grad), torch_result(x, t, w),
+                         torch_result(x.double(), wide(t), wide(w)), dtype)
+    if overwrite and x.numel():
+        assert_close(logits.detach(), leaf.grad, dtype)
+
+
+@device_params
+def test_grad_in_forward_is_one_shot_and_checked(device):
+    x = make_tensor((4, 5), torch.float32, device).requires_grad_()
+    t = torch.tensor([0, 1, 4, 2], device=device)
+    loss = PF.cross_entropy(x * 1, t, grad_in_forward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated once"):
+        loss.backward()
+    with pytest.raises(ValueError, match="reduction"):
+        PF.cross_entropy(x, t, reduction="none", grad_in_forward=True)
+    with pytest.raises(ValueError, match="needs grad_in_forward"):
+        PF.cross_entropy(x, t, overwrite_input=True)
+    with torch.no_grad():  # nothing to differentiate: the plain forward
+        assert_close(PF.cross_entropy(x, t, grad_in_forward=True), TF.cross_entropy(x, t))
+    buffer = torch.empty_like(x)
+    for reduction in (1, 2):
+        opcheck(torch.ops.pyops.cross_entropy_grad_in_forward,
+                (x.detach(), t, None, reduction, -100, 0.1, buffer))
+    opcheck(torch.ops.pyops.scale_unless_one_, (buffer, torch.tensor(2.0, device=device)))
+    with pytest.raises(RuntimeError, match="reduction 'mean' or 'sum'"):
+        torch.ops.pyops.cross_entropy_grad_in_forward(x.detach(), t, None, 0, -100, 0.0, buffer)
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 def bad_calls(device):
     x = make_tensor((4, 5), torch.float32, device)
     t = torch.tensor([0, 1, 4, 2], device=device)
-    return [
+    out_of_range = [
         ("target above range", IndexError, lambda f: f(x, torch.tensor([0, 1, 5, 2], device=device))),
         ("negative target", IndexError, lambda f: f(x, torch.tensor([0, -3, 1, 2], device=device))),
+    ] if checks_values_on_host(device) else []
+    return out_of_range + [
         ("int32 target", RuntimeError, lambda f: f(x, t.int())),
         ("weight size", RuntimeError, lambda f: f(x, t, weight=torch.ones(3, device=device))),
         ("weight dtype", RuntimeError, lambda f: f(x, t, weight=torch.ones(5, dtype=torch.float64, device=device))),
@@ -321,6 +385,8 @@ def test_cross_entropy_specific_errors(device):
         PF.cross_entropy(x, torch.zeros(4, 5, dtype=torch.long, device=device))
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
         PF.cross_entropy(x, t, weight=torch.ones(5, device=device, requires_grad=True))
+    if not checks_values_on_host(device):
+        return
     with pytest.raises(IndexError, match="out of bounds"):  # the op itself checks too
         torch.ops.pyops.cross_entropy(x, torch.tensor([9, 0, 0, 0], device=device), None, 1, -100, 0.0)
     with pytest.raises(IndexError, match="out of bounds"):

@@ -1,8 +1,14 @@
 """CUDA kernels: agreement with the CPU kernels and torch on CUDA, no host synchronisation, the
-current stream, long rows, and more than 2^31 elements. Skipped without a GPU."""
+current stream, long rows, deterministic reductions, device-side asserts, and more than 2^31
+elements. Skipped without a GPU. (The device-parametrized tests of each op family run on CUDA
+too.)"""
+
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
 import pyops
 import pyops.functional as PF
@@ -102,3 +108,133 @@ def test_beyond_2_31_elements_on_cuda():
     rows = x[: (n // 4099) * 4099].view(-1, 4099)
     s = PF.softmax(rows, 1)
     assert_close(s[-16:], torch.softmax(rows[-16:], 1))
+
+
+# ---- cross_entropy and the losses ------------------------------------------------------------
+
+def class_targets(n, classes, ignored_every=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, classes, (n,), generator=gen)
+    t[::ignored_every] = -100
+    return t.cuda()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(3, 262147), (2, 131072), (5, 1000), (4, 33, 5, 7), (1000,)])
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
+def test_cross_entropy_cuda_agrees_with_cpu(dtype, shape, smoothing, weighted):
+    x = make_tensor(shape, dtype, "cuda", low=-20, high=20)
+    class_dim = 0 if len(shape) == 1 else 1
+    classes = shape[class_dim]
+    positions = shape[:class_dim] + shape[class_dim + 1:]
+    t = class_targets(max(1, x.numel() // classes), classes).reshape(positions)
+    w = make_tensor((classes,), dtype, "cuda", low=0.25, high=2, seed=3) if weighted else None
+    ops = torch.ops.pyops
+    for reduction in (0, 1, 2):
+        args = (t, w, reduction, -100, smoothing)
+        cpu_args = tuple(a.cpu() if torch.is_tensor(a) else a for a in args)
+        loss, lse = ops.cross_entropy(x, *args)
+        loss_cpu, lse_cpu = ops.cross_entropy(x.cpu(), *cpu_args)
+        assert_close(loss.cpu(), loss_cpu, dtype)
+        assert_close(lse.cpu(), lse_cpu, torch.float32 if dtype != torch.float64 else dtype)
+        grad = torch.full_like(loss, 0.75)
+        grad_in = ops.cross_entropy_backward(grad, x, *args[:-1], smoothing, lse)
+        grad_in_cpu = ops.cross_entropy_backward(grad.cpu(), x.cpu(), *cpu_args, lse_cpu)
+        assert_close(grad_in.cpu(), grad_in_cpu, dtype)
+
+
+def test_cross_entropy_probability_targets_and_nll_on_cuda():
+    x = make_tensor((64, 300), torch.float32, "cuda", low=-10, high=10)
+    q = torch.softmax(make_tensor((64, 300), torch.float32, "cuda", seed=2), 1)
+    for kw in (dict(), dict(label_smoothing=0.2), dict(weight=torch.rand(300, device="cuda") + 0.5)):
+        assert_close(PF.cross_entropy(x, q, **kw), TF.cross_entropy(x, q, **kw))
+    t = class_targets(64, 300)
+    logp = torch.log_softmax(x, 1)
+    assert_close(PF.nll_loss(logp, t), TF.nll_loss(logp, t))
+
+
+def test_losses_no_host_sync_and_current_stream():
+    x = make_tensor((64, 1000), torch.float32, "cuda").requires_grad_()
+    t = class_targets(64, 1000, ignored_every=7)
+    w = torch.rand(1000, device="cuda") + 0.5
+    y = torch.rand(64, 1000, device="cuda")
+    q = torch.softmax(y, 1)
+    sign = torch.sign(y - 0.5)
+    margin_t = t.clamp(min=0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            losses = [PF.cross_entropy(x, t), PF.cross_entropy(x, t, weight=w, label_smoothing=0.1),
+                      PF.cross_entropy(x, t, reduction="sum"), PF.cross_entropy(x, q),
+                      PF.cross_entropy(x * 1, t, grad_in_forward=True),
+                      PF.nll_loss(PF.log_softmax(x, 1), t, weight=w), PF.mse_loss(x, y),
+                      PF.binary_cross_entropy_with_logits(x, y, pos_weight=w),
+                      PF.binary_cross_entropy(PF.sigmoid(x), y), PF.hinge_loss(x, sign),
+                      PF.multi_margin_loss(x, margin_t, weight=w)]
+            for loss in losses:
+                loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    stream.synchronize()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_reductions_are_deterministic():
+    x = make_tensor((4096, 1000), torch.float32, "cuda")
+    t = class_targets(4096, 1000)
+    y = make_tensor((1 << 22,), torch.float32, "cuda", seed=2)
+    z = make_tensor((1 << 22,), torch.float32, "cuda", seed=3)
+    runs = [(PF.cross_entropy(x, t, label_smoothing=0.1), PF.mse_loss(y, z),
+             torch.ops.pyops.cross_entropy_backward(torch.ones(()).cuda(), x, t, None, 1, -100, 0.1,
+                                                    torch.ops.pyops.cross_entropy(x, t, None, 1, -100, 0.1)[1]))
+            for _ in range(3)]
+    for later in runs[1:]:
+        for a, b in zip(runs[0], later):
+            assert torch.equal(a, b)
+
+
+# Bad values caught on the device: a device-side assert, as torch raises, ends the CUDA context,
+# so each runs in a fresh process, next to torch's own behaviour.
+DEVICE_ASSERTS = {
+    "cross_entropy target above range":
+        "F.cross_entropy(torch.zeros(4, 5, device='cuda'), torch.tensor([0, 5, 1, 2], device='cuda'))",
+    "nll_loss negative target":
+        "F.nll_loss(torch.zeros(4, 5, device='cuda'), torch.tensor([0, -3, 1, 2], device='cuda'))",
+    "multi_margin_loss target":
+        "F.multi_margin_loss(torch.zeros(4, 5, device='cuda'), torch.tensor([0, 9, 1, 2], device='cuda'))",
+    "binary_cross_entropy input above 1":
+        "F.binary_cross_entropy(torch.tensor([0.5, 1.5], device='cuda'), torch.tensor([0.0, 1.0], device='cuda'))",
+}
+
+
+def run_child(module, call):
+    code = (f"import torch, pyops\nimport {module} as F\nprint(float({call}))\n"
+            "torch.cuda.synchronize()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("what", sorted(DEVICE_ASSERTS))
+def test_bad_values_trip_a_device_assert_like_torch(what):
+    ours = run_child("pyops.functional", DEVICE_ASSERTS[what])
+    theirs = run_child("torch.nn.functional", DEVICE_ASSERTS[what])
+    assert theirs.returncode != 0 and "device-side assert" in theirs.stderr, theirs.stderr[-2000:]
+    assert ours.returncode == theirs.returncode, (ours.returncode, ours.stderr[-2000:])
+    assert "device-side assert" in ours.stderr, ours.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_cross_entropy_beyond_2_31_elements_on_cuda():
+    n, classes = 16400, 131072  # n * classes > 2^31
+    x = torch.empty(n, classes, dtype=torch.bfloat16, device="cuda").uniform_(-4, 4)
+    x.requires_grad_()
+    t = torch.randint(0, classes, (n,), device="cuda")
+    loss = PF.cross_entropy(x, t, reduction="none")
+    loss.sum().backward()
+    tail = slice(n - 4, n)
+    x_tail = x.detach()[tail].clone().requires_grad_()
+    expected = TF.cross_entropy(x_tail, t[tail], reduction="none")
+    expected.sum().backward()
+    assert_close(loss[tail], expected)
+    assert_close(x.grad[tail], x_tail.grad)

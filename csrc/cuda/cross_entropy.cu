@@ -1,0 +1,532 @@
+// cross_entropy (class-index or probability targets), nll_loss and their backward ops on CUDA,
+// with the formulas of csrc/cpu/cross_entropy.cpp.
+//
+// Positions (the entries of the loss before reduction) are walked as softmax walks rows: a block
+// per position when the classes are innermost in memory (16-byte packs where aligned), a thread
+// per position otherwise, e.g. (N, C, d1, ...). The forward reads the logits once (twice with
+// label smoothing or probability targets) and writes one loss and one float32 log-sum-exp per
+// position; the backward reads them once and writes the gradient once.
+//
+// No host synchronisation: a target out of range trips a device-side assert, as in torch, and
+// the 'mean' denominator (the summed weights of the targets) stays on the device. Reductions go
+// through ATen's sum over per-position values, so the same input gives the same bits.
+#include "common.cuh"
+#include "../loss_inputs.h"
+
+#include <torch/library.h>
+
+namespace pyops::cuda {
+namespace {
+
+// The loss' arguments in the accumulation type T, shared by every position.
+template <typename T>
+struct ClassArgs {
+  int64_t classes;
+  int64_t ignore_index;
+  T keep;                // 1 - label_smoothing
+  T eps_c;               // label_smoothing / classes
+  const T* weight;       // classes entries, or nullptr for all ones
+  const T* weight_sum;   // a device scalar, or nullptr for `classes`
+
+  __device__ T w(int64_t c) const { return weight ? weight[c] : T(1); }
+  __device__ T total_weight() const { return weight_sum ? *weight_sum : T(classes); }
+};
+
+// The upstream gradient of position p: per position for reduction='none', else one device
+// scalar (already divided by the 'mean' denominator).
+template <typename T>
+struct Scale {
+  const T* ptr;
+  int64_t stride;
+  __device__ T operator[](int64_t p) const { return ptr[p * stride]; }
+};
+
+__device__ __forceinline__ void check_target(int64_t t, int64_t classes) {
+  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "Target is out of bounds");
+}
+
+// A block per position: the classes of one contiguous row spread over the block's threads.
+struct BlockWalk {
+  int64_t base;
+  bool packed;
+
+  __device__ int64_t at(int64_t c) const { return base + c; }
+  __device__ bool leader() const { return threadIdx.x == 0; }
+  template <typename scalar_t, typename Fn>
+  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
+    for_row(data + base, n, packed, fn);
+  }
+  template <typename scalar_t, typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
+    map_row(data + base, out + base, n, packed, fn);
+  }
+  template <typename T>
+  __device__ T sum(T v, T* shared) const { return block_sum(v, shared); }
+  template <typename T>
+  __device__ MaxSum<T> max_sum(MaxSum<T> v, MaxSum<T>* shared) const {
+    return block_max_sum(v, shared);
+  }
+};
+
+// A thread per position: class c at base + c * stride; neighbouring threads read neighbouring
+// positions, so the loads coalesce.
+struct ThreadWalk {
+  int64_t base, stride;
+
+  __device__ int64_t at(int64_t c) const { return base + c * stride; }
+  __device__ bool leader() const { return true; }
+  template <typename scalar_t, typename Fn>
+  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
+    for (int64_t c = 0; c < n; ++c) fn(c, data[at(c)]);
+  }
+  template <typename scalar_t, typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
+    for (int64_t c = 0; c < n; ++c) out[at(c)] = static_cast<scalar_t>(fn(c, data[at(c)]));
+  }
+  template <typename T>
+  __device__ T sum(T v, T*) const { return v; }
+  template <typename T>
+  __device__ MaxSum<T> max_sum(MaxSum<T> v, MaxSum<T>*) const { return v; }
+};
+
+template <typename T>
+struct Shared {
+  MaxSum<T> max_sum[32];
+  T sum[32];
+};
+
+// Per-position results of the forward (see csrc/cpu/cross_entropy.cpp for why `smooth` is kept
+// apart from `loss`).
+template <typename T>
+struct ForwardOut {
+  T* loss;
+  T* smooth;  // nullptr unless class targets and label smoothing
+  T* lse;
+};
+
+// The input gradient of one position, given its log-sum-exp:
+//   class targets: s * (softmax_c * A - eps_c * w_c) - s * keep * w_t [c == t],
+//                  A = keep * w_t + eps_c * sum(w)
+//   probabilities: s * (softmax_c * sum(w q') - w_c q'_c), q' = keep * q + eps_c.
+// An ignored position gets 0 * softmax: zero, or NaN where its log-sum-exp is NaN, as torch.
+template <typename scalar_t, typename T, typename Walk>
+__device__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q, int64_t target,
+                            T s, T lse, const ClassArgs<T>& a, scalar_t* gi, Shared<T>& shared) {
+  const int64_t C = a.classes;
+  if (q) {
+    T wq = 0;
+    walk.read(q, C, [&](int64_t c, scalar_t v) { wq += a.w(c) * (static_cast<T>(v) * a.keep + a.eps_c); });
+    wq = walk.sum(wq, shared.sum);
+    walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
+      const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
+      return s * (::exp(static_cast<T>(v) - lse) * wq - coef);
+    });
+    return;
+  }
+  if (target == a.ignore_index) {
+    const T fill = lse != lse ? lse : T(0);
+    walk.map(x, gi, C, [&](int64_t, scalar_t) { return fill; });
+    return;
+  }
+  check_target(target, C);
+  const T w_t = a.w(target);
+  const T coef = a.keep * w_t + a.eps_c * a.total_weight(), at_target = s * a.keep * w_t;
+  walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
+    const T g = s * (::exp(static_cast<T>(v) - lse) * coef - a.eps_c * a.w(c));
+    return c == target ? g - at_target : g;
+  });
+}
+
+// The forward of one position; with `gi`, the gradient too (the fused path), scaled by `s`.
+template <typename scalar_t, typename T, typename Walk>
+__device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, const scalar_t* q,
+                            const int64_t* targets, const ClassArgs<T>& a,
+                            const ForwardOut<T>& out, scalar_t* gi, Scale<T> scale,
+                            Shared<T>& shared) {
+  const int64_t C = a.classes;
+  const int64_t target = q ? 0 : targets[p];
+  const bool ignored = !q && target == a.ignore_index;
+  if (!q && !ignored) check_target(target, C);
+  // Read before the reduction's barrier: the fused path may overwrite x (in place) after it.
+  const T x_t = (!q && !ignored && walk.leader()) ? static_cast<T>(x[walk.at(target)]) : T(0);
+  auto part = MaxSum<T>::empty();
+  walk.read(x, C, [&](int64_t, scalar_t v) { part.add(static_cast<T>(v)); });
+  const MaxSum<T> total = walk.max_sum(part, shared.max_sum);
+  const T max = total.max, log_sum = ::log(total.sum);
+  if (walk.leader()) out.lse[p] = max + log_sum;
+  if (q) {  // sum_c w_c q'_c (max - x_c + log_sum)
+    T wq = 0, gap = 0;
+    walk.read(x, C, [&](int64_t c, scalar_t v) {
+      const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
+      wq += coef;
+      gap += coef * (max - static_cast<T>(v));
+    });
+    wq = walk.sum(wq, shared.sum);
+    gap = walk.sum(gap, shared.sum);
+    if (walk.leader()) out.loss[p] = gap + wq * log_sum;
+  } else {
+    if (out.smooth) {  // sum_c w_c (max - x_c + log_sum)
+      T gap = 0;
+      if (!ignored) {
+        walk.read(x, C, [&](int64_t c, scalar_t v) { gap += a.w(c) * (max - static_cast<T>(v)); });
+      }
+      gap = walk.sum(gap, shared.sum);
+      if (walk.leader()) out.smooth[p] = ignored ? T(0) : gap + a.total_weight() * log_sum;
+    }
+    if (walk.leader()) out.loss[p] = ignored ? T(0) : a.w(target) * ((max - x_t) + log_sum);
+  }
+  if (gi) ce_gradient(walk, x, q, target, scale[p], max + log_sum, a, gi, shared);
+}
+
+template <typename scalar_t, typename T>
+__global__ void ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
+                               const int64_t* __restrict__ targets, ClassArgs<T> a,
+                               ForwardOut<T> out, scalar_t* __restrict__ gi, Scale<T> scale,
+                               int64_t positions, bool packed) {
+  __shared__ Shared<T> shared;
+  for (int64_t p = blockIdx.x; p < positions; p += gridDim.x) {
+    ce_position(BlockWalk{p * a.classes, packed}, p, x, q, targets, a, out, gi, scale, shared);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void ce_columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
+                                  const int64_t* __restrict__ targets, ClassArgs<T> a,
+                                  ForwardOut<T> out, scalar_t* __restrict__ gi, Scale<T> scale,
+                                  int64_t positions, int64_t inner) {
+  Shared<T> unused;  // a thread per position shares nothing
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < positions;
+       p += int64_t{blockDim.x} * gridDim.x) {
+    const ThreadWalk walk{(p / inner) * a.classes * inner + p % inner, inner};
+    ce_position(walk, p, x, q, targets, a, out, gi, scale, unused);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void ce_backward_rows_kernel(const scalar_t* __restrict__ x,
+                                        const scalar_t* __restrict__ q,
+                                        const int64_t* __restrict__ targets, ClassArgs<T> a,
+                                        const T* __restrict__ lse, scalar_t* __restrict__ gi,
+                                        Scale<T> scale, int64_t positions, bool packed) {
+  __shared__ Shared<T> shared;
+  for (int64_t p = blockIdx.x; p < positions; p += gridDim.x) {
+    ce_gradient(BlockWalk{p * a.classes, packed}, x, q, q ? 0 : targets[p], scale[p], lse[p], a,
+                gi, shared);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void ce_backward_columns_kernel(const scalar_t* __restrict__ x,
+                                           const scalar_t* __restrict__ q,
+                                           const int64_t* __restrict__ targets, ClassArgs<T> a,
+                                           const T* __restrict__ lse, scalar_t* __restrict__ gi,
+                                           Scale<T> scale, int64_t positions, int64_t inner) {
+  Shared<T> unused;  // a thread per position shares nothing
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < positions;
+       p += int64_t{blockDim.x} * gridDim.x) {
+    const ThreadWalk walk{(p / inner) * a.classes * inner + p % inner, inner};
+    ce_gradient(walk, x, q, q ? 0 : targets[p], scale[p], lse[p], a, gi, unused);
+  }
+}
+
+// w_t of every position (0 where ignored), checking the targets.
+template <typename T>
+__global__ void target_weights_kernel(const int64_t* __restrict__ targets,
+                                      const T* __restrict__ weight, int64_t ignore_index,
+                                      int64_t classes, int64_t positions, T* __restrict__ out) {
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < positions;
+       p += int64_t{blockDim.x} * gridDim.x) {
+    const int64_t t = targets[p];
+    if (t == ignore_index) {
+      out[p] = 0;
+    } else {
+      check_target(t, classes);
+      out[p] = weight ? weight[t] : T(1);
+    }
+  }
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+// The 'mean' denominator of class targets as a float64 device scalar: the summed weights of the
+// targets that are not ignored. Also checks every target on the device.
+at::Tensor target_weight_sum(const Prepared& p, int64_t ignore_index) {
+  const int64_t positions = p.target.numel();
+  const auto acc = acc_dtype(p.input.scalar_type());
+  auto weights = at::empty({positions}, p.input.options().dtype(acc));
+  if (positions > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "pyops", [&] {
+      target_weights_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          p.target.const_data_ptr<int64_t>(),
+          p.weight.defined() ? p.weight.const_data_ptr<scalar_t>() : nullptr, ignore_index,
+          p.shape.dim, positions, weights.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return weights.sum(at::kDouble);
+}
+
+at::Tensor denominator_of(const Prepared& p, int64_t ignore_index) {
+  return p.soft ? soft_denominator(p) : target_weight_sum(p, ignore_index);
+}
+
+template <typename T>
+Scale<T> scale_of(const at::Tensor& scale, int64_t reduction) {
+  return {scale.const_data_ptr<T>(), reduction == kNone ? 1 : 0};
+}
+
+template <typename T>
+ClassArgs<T> class_args(const Prepared& p, int64_t ignore_index, double smoothing,
+                        const at::Tensor& weight_sum) {
+  const int64_t classes = p.shape.dim;
+  const bool weighted = p.weight.defined();
+  return {classes,
+          ignore_index,
+          static_cast<T>(1.0 - smoothing),
+          static_cast<T>(smoothing / static_cast<double>(classes)),
+          weighted ? p.weight.const_data_ptr<T>() : nullptr,
+          weighted ? weight_sum.const_data_ptr<T>() : nullptr};
+}
+
+at::Tensor sum_of_weights(const Prepared& p) {
+  return p.weight.defined() ? p.weight.sum() : at::Tensor();
+}
+
+// Runs the forward kernel over every position (gi: also write the gradient, scaled by `scale`).
+template <typename scalar_t, typename T>
+void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T>& out,
+                    scalar_t* gi, Scale<T> scale) {
+  const auto& s = p.shape;
+  const int64_t positions = s.outer * s.inner;
+  const scalar_t* x = p.input.const_data_ptr<scalar_t>();
+  const scalar_t* q = p.soft ? p.target.const_data_ptr<scalar_t>() : nullptr;
+  const int64_t* t = p.soft ? nullptr : p.target.const_data_ptr<int64_t>();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (s.inner == 1) {
+    const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
+    ce_rows_kernel<<<row_blocks(positions), row_threads(s.dim), 0, stream>>>(
+        x, q, t, a, out, gi, scale, positions, packed);
+  } else {
+    ce_columns_kernel<<<blocks_for(positions), kThreads, 0, stream>>>(
+        x, q, t, a, out, gi, scale, positions, s.inner);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The forward; with a defined `grad_out` (laid out like the prepared input), the gradient of the
+// reduced loss too, for an upstream gradient of one.
+std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& input,
+                                              const at::Tensor& target,
+                                              const std::optional<at::Tensor>& weight,
+                                              int64_t reduction, int64_t ignore_index,
+                                              double label_smoothing, const at::Tensor& grad_out) {
+  check_reduction(reduction);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  const auto acc = acc_dtype(input.scalar_type());
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  const auto options = input.options().dtype(acc);
+  auto losses = at::empty({positions}, options);
+  const bool split = !prep.soft && label_smoothing > 0;
+  auto smooth = split ? at::empty({positions}, options) : at::Tensor();
+  auto lse = at::empty(prep.position_shape, options);
+  const auto denominator = denominator_of(prep, ignore_index);
+  const auto weight_sum = sum_of_weights(prep);
+  at::Tensor scale;
+  if (grad_out.defined()) {
+    scale = upstream_scale(at::ones({}, options), reduction, denominator, positions, acc);
+  }
+  if (positions > 0 && s.dim > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+      using T = at::opmath_type<scalar_t>;
+      const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
+                              split ? smooth.mutable_data_ptr<T>() : nullptr,
+                              lse.mutable_data_ptr<T>()};
+      launch_forward<scalar_t, T>(
+          prep, class_args<T>(prep, ignore_index, label_smoothing, weight_sum), out,
+          grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
+          grad_out.defined() ? scale_of<T>(scale, reduction) : Scale<T>{nullptr, 0});
+    });
+  } else {  // no positions or no classes
+    losses.zero_();
+    if (split) smooth.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+    if (grad_out.defined()) grad_out.zero_();
+  }
+  return {class_loss_output(losses, smooth, reduction, denominator, prep, label_smoothing), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 int64_t reduction, int64_t ignore_index,
+                                                 double label_smoothing) {
+  return ce_forward("pyops::cross_entropy", input, target, weight, reduction, ignore_index,
+                    label_smoothing, at::Tensor());
+}
+
+at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
+                                  const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                  int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                  const at::Tensor& lse) {
+  constexpr const char* op = "pyops::cross_entropy_backward";
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  const auto acc = acc_dtype(input.scalar_type());
+  TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc, op,
+              ": lse must be the forward's log-sum-exp, one per position");
+  const auto lse_c = lse.contiguous();
+  auto result = at::empty_like(prep.input);
+  if (result.numel() == 0) return in_input_layout(input, result);
+  const auto scale = upstream_scale(grad, reduction, denominator_of(prep, ignore_index), positions, acc);
+  const auto weight_sum = sum_of_weights(prep);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const auto a = class_args<T>(prep, ignore_index, label_smoothing, weight_sum);
+    const scalar_t* x = prep.input.const_data_ptr<scalar_t>();
+    const scalar_t* q = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* t = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
+    scalar_t* gi = result.mutable_data_ptr<scalar_t>();
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (s.inner == 1) {
+      const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
+      ce_backward_rows_kernel<<<row_blocks(positions), row_threads(s.dim), 0, stream>>>(
+          x, q, t, a, lse_c.const_data_ptr<T>(), gi, scale_of<T>(scale, reduction), positions,
+          packed);
+    } else {
+      ce_backward_columns_kernel<<<blocks_for(positions), kThreads, 0, stream>>>(
+          x, q, t, a, lse_c.const_data_ptr<T>(), gi, scale_of<T>(scale, reduction), positions,
+          s.inner);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return in_input_layout(input, result);
+}
+
+// The logits are read once: the gradient is written in the same pass as the loss, into
+// grad_input directly when it has the layout the kernel walks (input itself included).
+at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
+                                         const std::optional<at::Tensor>& weight,
+                                         int64_t reduction, int64_t ignore_index,
+                                         double label_smoothing, at::Tensor& grad_input) {
+  check_grad_in_forward(input, reduction, grad_input);
+  const auto walked = dense(input);
+  const bool direct = grad_input.strides() == walked.strides() &&
+                      positions_in_logical_order(walked, input.dim() == 1 ? 0 : 1);
+  auto buffer = direct ? grad_input : at::empty_like(walked);
+  auto loss = std::get<0>(ce_forward("pyops::cross_entropy_grad_in_forward", input, target, weight,
+                                     reduction, ignore_index, label_smoothing, buffer));
+  if (!direct) grad_input.copy_(buffer);
+  return loss;
+}
+
+template <typename scalar_t, typename T>
+__global__ void scale_unless_one_kernel(scalar_t* __restrict__ data, const T* __restrict__ scale,
+                                        int64_t n) {
+  const T s = *scale;
+  if (s == T(1)) return;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{blockDim.x} * gridDim.x) {
+    data[i] = static_cast<scalar_t>(static_cast<T>(data[i]) * s);
+  }
+}
+
+void scale_unless_one_(at::Tensor& self, const at::Tensor& scale) {
+  TORCH_CHECK(scale.numel() == 1, "scale_unless_one_: scale must have one element");
+  TORCH_CHECK(self.is_non_overlapping_and_dense(), "scale_unless_one_: self must be dense");
+  const c10::cuda::CUDAGuard guard(self.device());
+  if (self.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, self.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const auto s = scale.reshape({}).to(self.device(), c10::CppTypeToScalarType<T>::value);
+    scale_unless_one_kernel<<<blocks_for(self.numel()), kThreads, 0,
+                              at::cuda::getCurrentCUDAStream()>>>(
+        self.mutable_data_ptr<scalar_t>(), s.const_data_ptr<T>(), self.numel());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// ---- nll_loss -------------------------------------------------------------------------------
+
+// Loss (forward) or gradient (backward) of every position from its target's element.
+template <typename scalar_t, typename T>
+__global__ void nll_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ targets,
+                           const T* __restrict__ weight, int64_t ignore_index, Shape3 s,
+                           T* __restrict__ losses, scalar_t* __restrict__ gi, Scale<T> scale) {
+  const int64_t positions = s.outer * s.inner;
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < positions;
+       p += int64_t{blockDim.x} * gridDim.x) {
+    const int64_t t = targets[p];
+    const bool ignored = t == ignore_index;
+    if (!ignored) check_target(t, s.dim);
+    const T w = ignored ? T(0) : (weight ? weight[t] : T(1));
+    const int64_t at = (p / s.inner) * s.dim * s.inner + t * s.inner + p % s.inner;
+    if (losses) losses[p] = ignored ? T(0) : -w * static_cast<T>(x[at]);
+    if (gi && !ignored) gi[at] = static_cast<scalar_t>(-w * scale[p]);
+  }
+}
+
+template <typename scalar_t, typename T>
+void launch_nll(const Prepared& p, int64_t ignore_index, T* losses, scalar_t* gi, Scale<T> scale) {
+  const int64_t positions = p.shape.outer * p.shape.inner;
+  if (positions == 0) return;
+  nll_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      p.input.const_data_ptr<scalar_t>(), p.target.const_data_ptr<int64_t>(),
+      p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr, ignore_index, p.shape, losses,
+      gi, scale);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, int64_t reduction,
+                    int64_t ignore_index) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
+  const int64_t positions = prep.shape.outer * prep.shape.inner;
+  auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_nll<scalar_t, T>(prep, ignore_index, losses.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
+  });
+  return reduce_losses(losses, reduction, target_weight_sum(prep, ignore_index),
+                       prep.position_shape, input.scalar_type());
+}
+
+at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             int64_t reduction, int64_t ignore_index) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Prepared prep =
+      prepare_classes("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
+  const int64_t positions = prep.shape.outer * prep.shape.inner;
+  const auto acc = acc_dtype(input.scalar_type());
+  auto result = at::zeros_like(prep.input);
+  const auto scale =
+      upstream_scale(grad, reduction, target_weight_sum(prep, ignore_index), positions, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_nll<scalar_t, T>(prep, ignore_index, nullptr, result.mutable_data_ptr<scalar_t>(),
+                            scale_of<T>(scale, reduction));
+  });
+  return in_input_layout(input, result);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
+  m.impl("cross_entropy", &cross_entropy);
+  m.impl("cross_entropy_backward", &cross_entropy_backward);
+  m.impl("cross_entropy_grad_in_forward", &cross_entropy_grad_in_forward);
+  m.impl("scale_unless_one_", &scale_unless_one_);
+  m.impl("nll_loss", &nll_loss);
+  m.impl("nll_loss_backward", &nll_loss_backward);
+}
+
+}  // namespace pyops::cuda

@@ -1,0 +1,399 @@
+// The lesson's other losses on CUDA: mse_loss, binary_cross_entropy(_with_logits), hinge_loss and
+// multi_margin_loss, forward and backward, with the formulas of csrc/cpu/losses.cpp.
+//
+// The elementwise losses share one kernel: operands laid out like the input, 'none' written per
+// element, 'sum' and 'mean' summed in double per thread and per block, the block sums then added
+// by ATen in a fixed order (the same bits for the same input). No host synchronisation: the
+// 'mean' denominator and the upstream gradient stay on the device; an input of
+// binary_cross_entropy outside [0, 1] trips a device-side assert, as in torch.
+#include "common.cuh"
+#include "../loss_inputs.h"
+
+#include <torch/library.h>
+
+namespace pyops::cuda {
+namespace {
+
+enum Operand { kX = 0, kY, kW, kPosW, kGrad, kOperands };
+
+// Each operand is a pointer laid out like the input, or absent and then 1. The upstream
+// gradient may instead be one device scalar (reduced losses).
+template <typename scalar_t, typename T>
+struct Operands {
+  const scalar_t* ptr[kOperands];
+  const T* grad_scalar;
+
+  __device__ void load(int64_t i, T (&v)[kOperands]) const {
+#pragma unroll
+    for (int k = 0; k < kOperands; ++k) v[k] = ptr[k] ? static_cast<T>(ptr[k][i]) : T(1);
+    if (grad_scalar) v[kGrad] = *grad_scalar;
+  }
+};
+
+// out[i] = fn(operands of i) ('none' and the backward), or, with block_sums, the sum of
+// fn(operands) of this block's elements written to block_sums[blockIdx.x].
+template <typename scalar_t, typename T, typename Fn>
+__global__ void elementwise_kernel(Operands<scalar_t, T> ops, int64_t n, scalar_t* __restrict__ out,
+                                   double* __restrict__ block_sums, Fn fn) {
+  __shared__ double shared[32];
+  double total = 0;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{blockDim.x} * gridDim.x) {
+    T v[kOperands];
+    ops.load(i, v);
+    const T r = fn(v);
+    if (block_sums) {
+      total += static_cast<double>(r);
+    } else {
+      out[i] = static_cast<scalar_t>(r);
+    }
+  }
+  if (block_sums) {
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+  }
+}
+
+template <typename scalar_t, typename T>
+Operands<scalar_t, T> operands(const Elementwise& e) {
+  const auto ptr = [](const at::Tensor& t) {
+    return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+  };
+  return {{ptr(e.x), ptr(e.y), ptr(e.w), ptr(e.pos_w), nullptr}, nullptr};
+}
+
+// The loss over every element, reduced; `denominator` (a 0-dim tensor) divides the sum for 'mean'.
+template <typename LossFn>
+at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction,
+                               const at::Tensor& denominator, LossFn loss_fn) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(e.x.device());
+  const int64_t n = e.x.numel();
+  const int64_t blocks = blocks_for(n);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor result, block_sums;
+  if (reduction == kNone) {
+    result = at::empty_like(e.x);
+  } else {
+    block_sums = at::zeros({blocks}, e.x.options().dtype(at::kDouble));
+  }
+  if (n > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+      using T = at::opmath_type<scalar_t>;
+      elementwise_kernel<<<blocks, kThreads, 0, stream>>>(
+          operands<scalar_t, T>(e), n,
+          result.defined() ? result.mutable_data_ptr<scalar_t>() : nullptr,
+          block_sums.defined() ? block_sums.mutable_data_ptr<double>() : nullptr, loss_fn);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  if (reduction == kNone) return result;
+  const auto total = block_sums.sum();
+  return (reduction == kMean ? total / denominator : total).to(e.x.scalar_type());
+}
+
+// The input gradient, grad_fn(values) per element, values[kGrad] holding the upstream gradient
+// of that element (already divided by `denominator` for 'mean').
+template <typename GradFn>
+at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
+                                const at::Tensor& denominator, GradFn grad_fn) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(e.x.device());
+  auto result = at::empty_like(e.x);
+  const auto acc = acc_dtype(e.x.scalar_type());
+  const int64_t n = e.x.numel();
+  at::Tensor g;
+  if (reduction == kNone) {
+    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ", e.x.sizes(),
+                ", got ", grad.sizes());
+    g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
+  } else {
+    g = upstream_scale(grad, reduction, denominator, n, acc);
+  }
+  if (n == 0) return result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto ops = operands<scalar_t, T>(e);
+    if (reduction == kNone) {
+      ops.ptr[kGrad] = g.const_data_ptr<scalar_t>();
+    } else {
+      ops.grad_scalar = g.const_data_ptr<T>();
+    }
+    elementwise_kernel<<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        ops, n, result.mutable_data_ptr<scalar_t>(), nullptr, grad_fn);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return result;
+}
+
+at::Tensor count_of(const Elementwise& e) {
+  return at::scalar_tensor(static_cast<double>(e.x.numel()), at::kDouble);
+}
+
+// ---- mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch ----------------
+
+at::Tensor mse_denominator(const Elementwise& e) {
+  return e.w.defined() ? e.w.sum(at::kDouble) : count_of(e);
+}
+
+struct MseLoss {
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    const T d = v[kX] - v[kY];
+    return d * d * v[kW];
+  }
+};
+struct MseGrad {  // the upstream scale first, as torch: no overflow of 2 * (x - y)
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    return v[kGrad] * T(2) * (v[kX] - v[kY]) * v[kW];
+  }
+};
+
+at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::mse_loss", input, target, weight);
+  return elementwise_forward(e, reduction, mse_denominator(e), MseLoss{});
+}
+
+at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::mse_loss_backward", input, target, weight);
+  return elementwise_backward(grad, e, reduction, mse_denominator(e), MseGrad{});
+}
+
+// ---- binary_cross_entropy_with_logits -------------------------------------------------------
+// w * ((1 - y) x - lw * log_sigmoid(x)), lw = 1 + (pos_weight - 1) y; derivative
+// w * (lw * sigmoid(x) - pos_weight * y).
+
+template <typename T>
+__device__ T log_sigmoid(T x) {
+  return (x < T(0) ? x : T(0)) - ::log1p(::exp(-::fabs(x)));
+}
+
+struct BceLogitsLoss {
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    const T lw = (v[kPosW] - T(1)) * v[kY] + T(1);
+    return ((T(1) - v[kY]) * v[kX] - lw * log_sigmoid(v[kX])) * v[kW];
+  }
+};
+struct BceLogitsGrad {
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    const T lw = (v[kPosW] - T(1)) * v[kY] + T(1);
+    const T sigmoid = T(1) / (T(1) + ::exp(-v[kX]));
+    return (lw * sigmoid - v[kPosW] * v[kY]) * v[kW] * v[kGrad];
+  }
+};
+
+at::Tensor binary_cross_entropy_with_logits(const at::Tensor& input, const at::Tensor& target,
+                                            const std::optional<at::Tensor>& weight,
+                                            const std::optional<at::Tensor>& pos_weight,
+                                            int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits", input, target,
+                                     weight, pos_weight);
+  return elementwise_forward(e, reduction, count_of(e), BceLogitsLoss{});
+}
+
+at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
+                                                     const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& pos_weight,
+                                                     int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits_backward", input,
+                                     target, weight, pos_weight);
+  return elementwise_backward(grad, e, reduction, count_of(e), BceLogitsGrad{});
+}
+
+// ---- binary_cross_entropy on probabilities ----------------------------------------------------
+// -w * (y * max(log x, -100) + (1 - y) * max(log(1 - x), -100)); derivative
+// w * (x - y) / max(x (1 - x), 1e-12).
+
+struct BceLoss {
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    CUDA_KERNEL_ASSERT_MSG(v[kX] >= T(0) && v[kX] <= T(1),
+                           "all elements of input should be between 0 and 1");
+    const T log_x = nan_max(::log(v[kX]), T(-100));
+    const T log_1mx = nan_max(::log1p(-v[kX]), T(-100));
+    return ((v[kY] - T(1)) * log_1mx - v[kY] * log_x) * v[kW];
+  }
+};
+struct BceGrad {  // torch clamps with the float constant 1e-12f, also for double inputs
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    const T denom = nan_max((T(1) - v[kX]) * v[kX], T(1e-12f));
+    return v[kGrad] * v[kW] * (v[kX] - v[kY]) / denom;
+  }
+};
+
+at::Tensor binary_cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                const std::optional<at::Tensor>& weight, int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy", input, target, weight);
+  return elementwise_forward(e, reduction, count_of(e), BceLoss{});
+}
+
+at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
+                                         const at::Tensor& target,
+                                         const std::optional<at::Tensor>& weight,
+                                         int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::binary_cross_entropy_backward", input, target, weight);
+  return elementwise_backward(grad, e, reduction, count_of(e), BceGrad{});
+}
+
+// ---- hinge_loss: max(0, margin - y * x) -----------------------------------------------------
+
+struct HingeLoss {
+  double margin;
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    return nan_max(T(margin) - v[kY] * v[kX], T(0));
+  }
+};
+struct HingeGrad {  // the subgradient of clamp(margin - y * x, min=0): -y where it is >= 0
+  double margin;
+  template <typename T>
+  __device__ T operator()(const T (&v)[kOperands]) const {
+    return (T(margin) - v[kY] * v[kX]) >= T(0) ? -(v[kY] * v[kGrad]) : T(0);
+  }
+};
+
+at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double margin,
+                      int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::hinge_loss", input, target);
+  return elementwise_forward(e, reduction, count_of(e), HingeLoss{margin});
+}
+
+at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                               const at::Tensor& target, double margin, int64_t reduction) {
+  const auto e = prepare_elementwise("pyops::hinge_loss_backward", input, target);
+  return elementwise_backward(grad, e, reduction, count_of(e), HingeGrad{margin});
+}
+
+// ---- multi_margin_loss ----------------------------------------------------------------------
+// Row loss: w_t / C * sum over j != t of h(margin - x_t + x_j)^p, h(z) = z for z > 0, else 0
+// (NaN included, as torch). A block per row.
+
+__device__ __forceinline__ void check_margin_target(int64_t t, int64_t classes) {
+  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "target out of range");
+}
+
+template <typename scalar_t, typename T>
+__global__ void multi_margin_kernel(const scalar_t* __restrict__ x,
+                                    const int64_t* __restrict__ targets,
+                                    const T* __restrict__ weight, int64_t rows, int64_t classes,
+                                    int p, T margin, T* __restrict__ losses) {
+  __shared__ T shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* row = x + r * classes;
+    const int64_t t = targets[r];
+    check_margin_target(t, classes);
+    const T shift = margin - static_cast<T>(row[t]), w_t = weight ? weight[t] : T(1);
+    T part = 0;
+    for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
+      if (j == t) continue;
+      const T z = shift + static_cast<T>(row[j]);
+      const T h = z > T(0) ? z : T(0);
+      part += (p == 1 ? h : h * h) * w_t;  // weighted term by term, as torch
+    }
+    const T total = block_sum(part, shared);
+    if (threadIdx.x == 0) losses[r] = total / static_cast<T>(classes);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void multi_margin_backward_kernel(const scalar_t* __restrict__ x,
+                                             const int64_t* __restrict__ targets,
+                                             const T* __restrict__ weight, const T* __restrict__ scale,
+                                             int64_t scale_stride, int64_t rows, int64_t classes,
+                                             int p, T margin, scalar_t* __restrict__ gi) {
+  __shared__ T shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* row = x + r * classes;
+    const int64_t t = targets[r];
+    check_margin_target(t, classes);
+    const T shift = margin - static_cast<T>(row[t]);
+    const T coef = scale[r * scale_stride] * (weight ? weight[t] : T(1)) / static_cast<T>(classes) *
+                   (p == 1 ? T(1) : T(2));
+    T part = 0;
+    for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
+      if (j == t) continue;
+      const T z = shift + static_cast<T>(row[j]);
+      const T g = z > T(0) ? (p == 1 ? coef : coef * z) : T(0);
+      gi[r * classes + j] = static_cast<scalar_t>(g);
+      part += g;
+    }
+    const T total = block_sum(part, shared);
+    if (threadIdx.x == 0) gi[r * classes + t] = static_cast<scalar_t>(-total);
+  }
+}
+
+at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
+                             double margin, const std::optional<at::Tensor>& weight,
+                             int64_t reduction) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
+  auto losses = at::empty({m.rows}, input.options().dtype(acc_dtype(input.scalar_type())));
+  if (m.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+      using T = at::opmath_type<scalar_t>;
+      multi_margin_kernel<<<row_blocks(m.rows), row_threads(m.classes), 0,
+                            at::cuda::getCurrentCUDAStream()>>>(
+          m.x.const_data_ptr<scalar_t>(), m.target.const_data_ptr<int64_t>(),
+          m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr, m.rows, m.classes,
+          static_cast<int>(p), static_cast<T>(margin), losses.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  std::vector<int64_t> shape;
+  if (input.dim() == 2) shape.push_back(m.rows);
+  return reduce_losses(losses, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
+                       shape, input.scalar_type());
+}
+
+at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                                      const at::Tensor& target, int64_t p, double margin,
+                                      const std::optional<at::Tensor>& weight,
+                                      int64_t reduction) {
+  check_reduction(reduction);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
+  const auto acc = acc_dtype(input.scalar_type());
+  const auto scale = upstream_scale(
+      grad, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows, acc);
+  auto result = at::empty({m.rows, m.classes}, input.options());
+  if (m.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+      using T = at::opmath_type<scalar_t>;
+      multi_margin_backward_kernel<<<row_blocks(m.rows), row_threads(m.classes), 0,
+                                     at::cuda::getCurrentCUDAStream()>>>(
+          m.x.const_data_ptr<scalar_t>(), m.target.const_data_ptr<int64_t>(),
+          m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr, scale.const_data_ptr<T>(),
+          reduction == kNone ? 1 : 0, m.rows, m.classes, static_cast<int>(p),
+          static_cast<T>(margin), result.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return result.view(input.sizes());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
+  m.impl("mse_loss", &mse_loss);
+  m.impl("mse_loss_backward", &mse_loss_backward);
+  m.impl("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
+  m.impl("binary_cross_entropy_with_logits_backward", &binary_cross_entropy_with_logits_backward);
+  m.impl("binary_cross_entropy", &binary_cross_entropy);
+  m.impl("binary_cross_entropy_backward", &binary_cross_entropy_backward);
+  m.impl("hinge_loss", &hinge_loss);
+  m.impl("hinge_loss_backward", &hinge_loss_backward);
+  m.impl("multi_margin_loss", &multi_margin_loss);
+  m.impl("multi_margin_loss_backward", &multi_margin_loss_backward);
+}
+
+}  // namespace pyops::cuda
