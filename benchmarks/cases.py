@@ -188,9 +188,13 @@ def _fwd_bwd(loss_fn):
     return run
 
 
-def _loss_peers(cfg, direction, torch_fn, pyops_fn, liger=None):
+def _loss_peers(cfg, direction, torch_fn, pyops_fn, liger=None, pyops_variants=None):
+    """Peers of a loss case; pyops_variants adds other pyops modes ({name: fn}) to fwd+bwd."""
     fns = _peers(cfg, torch_fn, pyops_fn, liger)
-    return fns if direction == "fwd" else {name: _fwd_bwd(fn) for name, fn in fns.items()}
+    if direction == "fwd":
+        return fns
+    fns.update(pyops_variants or {})
+    return {name: _fwd_bwd(fn) for name, fn in fns.items()}
 
 
 CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256)]
@@ -214,12 +218,14 @@ def cross_entropy_cases(cfg):
             params = "ignore~10%" + (f" smoothing={smoothing}" if smoothing else "")
             ours = functools.partial(PF.cross_entropy, label_smoothing=smoothing)
             theirs = functools.partial(TF.cross_entropy, label_smoothing=smoothing)
+            # the gradient written by the forward: the logits read once in all
+            modes = {"pyops grad_in_forward": functools.partial(ours, grad_in_forward=True)}
             # minimum traffic: logits and targets read once; fwd+bwd also writes the gradient once
             for direction, nbytes in (("fwd", logits), ("fwd+bwd", 2 * logits)):
                 yield Case("cross_entropy", direction, dtype, shape, params, nbytes + 8 * shape[0],
                            lambda cfg, s=shape, d=dtype, r=direction != "fwd": _ce_inputs(cfg, s, d, r),
-                           lambda cfg, r=direction, o=ours, t=theirs, sm=smoothing:
-                               _loss_peers(cfg, r, t, o, _liger_cross_entropy(sm)))
+                           lambda cfg, r=direction, o=ours, t=theirs, sm=smoothing, v=modes:
+                               _loss_peers(cfg, r, t, o, _liger_cross_entropy(sm), v))
 
 
 def _hinge_expression(x, y):

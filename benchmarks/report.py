@@ -100,7 +100,7 @@ def summary(records, impl="pyops"):
 
 def summary_markdown(records):
     """Per op and direction: pyops' time over each peer's, geometric mean over shapes and dtypes."""
-    peers = [p for p in dict.fromkeys(r["impl"] for r in records) if p != "pyops"]
+    peers = [p for p in dict.fromkeys(r["impl"] for r in records) if not p.startswith("pyops")]
     ratios = collections.OrderedDict()
     for (op, direction, *_), group in _rows_by_case(records).items():
         times = {r["impl"]: r["median_s"] for r in group if r["median_s"]}
