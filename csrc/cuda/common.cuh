@@ -96,27 +96,42 @@ __device__ __forceinline__ T nan_max(T a, T b) {
   return (a != a || a > b) ? a : b;
 }
 
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
+struct Plus {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct NanMax {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return nan_max(a, b); }
+};
+
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffff, v, offset));
   return v;
 }
 
-// Sum over the block, returned to every thread. `shared` holds 32 values.
-template <typename T>
-__device__ T block_sum(T v, T* shared) {
+// op over the block's values, returned to every thread. `shared` holds 32 values.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* shared, T identity, Op op) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   __syncthreads();  // `shared` may still be read from a previous call
   if (lane == 0) shared[warp] = v;
   __syncthreads();
   const int warps = (blockDim.x + 31) / 32;
-  v = threadIdx.x < warps ? shared[threadIdx.x] : T(0);
-  if (warp == 0) v = warp_sum(v);
+  v = threadIdx.x < warps ? shared[threadIdx.x] : identity;
+  if (warp == 0) v = warp_reduce(v, op);
   if (threadIdx.x == 0) shared[0] = v;
   __syncthreads();
   return shared[0];
 }
+
+template <typename T>
+__device__ T block_sum(T v, T* shared) { return block_reduce(v, shared, T(0), Plus{}); }
+
+template <typename T>
+__device__ T block_max(T v, T* shared) { return block_reduce(v, shared, T(-INFINITY), NanMax{}); }
 
 // Running (max, sum of exp(x - max)) of a softmax, merged across threads: the online softmax.
 // An aggregate (no constructors), so that it can live in __shared__ memory.
@@ -169,7 +184,8 @@ __device__ MaxSum<T> block_max_sum(MaxSum<T> v, MaxSum<T>* shared) {
   if (warp == 0) v = warp_max_sum(v);
   if (threadIdx.x == 0) shared[0] = v;
   __syncthreads();
-  return shared[0];
+  // A row of -inf only has a NaN sum, as exp(-inf - -inf) gives in the two-pass form.
+  return shared[0].max == T(-INFINITY) ? MaxSum<T>{shared[0].max, T(NAN)} : shared[0];
 }
 
 }  // namespace pyops::cuda

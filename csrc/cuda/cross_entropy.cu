@@ -10,7 +10,7 @@
 // No host synchronisation: a target out of range trips a device-side assert, as in torch, and
 // the 'mean' denominator (the summed weights of the targets) stays on the device. Reductions go
 // through ATen's sum over per-position values, so the same input gives the same bits.
-#include "common.cuh"
+#include "row_walk.cuh"
 #include "../loss_inputs.h"
 
 #include <torch/library.h>
@@ -45,56 +45,6 @@ __device__ __forceinline__ void check_target(int64_t t, int64_t classes) {
   CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "Target is out of bounds");
 }
 
-// A block per position: the classes of one contiguous row spread over the block's threads.
-struct BlockWalk {
-  int64_t base;
-  bool packed;
-
-  __device__ int64_t at(int64_t c) const { return base + c; }
-  __device__ bool leader() const { return threadIdx.x == 0; }
-  template <typename scalar_t, typename Fn>
-  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
-    for_row(data + base, n, packed, fn);
-  }
-  template <typename scalar_t, typename Fn>
-  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
-    map_row(data + base, out + base, n, packed, fn);
-  }
-  template <typename T>
-  __device__ T sum(T v, T* shared) const { return block_sum(v, shared); }
-  template <typename T>
-  __device__ MaxSum<T> max_sum(MaxSum<T> v, MaxSum<T>* shared) const {
-    return block_max_sum(v, shared);
-  }
-};
-
-// A thread per position: class c at base + c * stride; neighbouring threads read neighbouring
-// positions, so the loads coalesce.
-struct ThreadWalk {
-  int64_t base, stride;
-
-  __device__ int64_t at(int64_t c) const { return base + c * stride; }
-  __device__ bool leader() const { return true; }
-  template <typename scalar_t, typename Fn>
-  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
-    for (int64_t c = 0; c < n; ++c) fn(c, data[at(c)]);
-  }
-  template <typename scalar_t, typename Fn>
-  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
-    for (int64_t c = 0; c < n; ++c) out[at(c)] = static_cast<scalar_t>(fn(c, data[at(c)]));
-  }
-  template <typename T>
-  __device__ T sum(T v, T*) const { return v; }
-  template <typename T>
-  __device__ MaxSum<T> max_sum(MaxSum<T> v, MaxSum<T>*) const { return v; }
-};
-
-template <typename T>
-struct Shared {
-  MaxSum<T> max_sum[32];
-  T sum[32];
-};
-
 // Per-position results of the forward (see csrc/cpu/cross_entropy.cpp for why `smooth` is kept
 // apart from `loss`).
 template <typename T>
@@ -110,13 +60,13 @@ struct ForwardOut {
 //   probabilities: s * (softmax_c * sum(w q') - w_c q'_c), q' = keep * q + eps_c.
 // An ignored position gets 0 * softmax: zero, or NaN where its log-sum-exp is NaN, as torch.
 template <typename scalar_t, typename T, typename Walk>
-__device__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q, int64_t target,
+__device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q, int64_t target,
                             T s, T lse, const ClassArgs<T>& a, scalar_t* gi, Shared<T>& shared) {
   const int64_t C = a.classes;
   if (q) {
     T wq = 0;
     walk.read(q, C, [&](int64_t c, scalar_t v) { wq += a.w(c) * (static_cast<T>(v) * a.keep + a.eps_c); });
-    wq = walk.sum(wq, shared.sum);
+    wq = walk.sum(wq, shared);
     walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
       const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
       return s * (::exp(static_cast<T>(v) - lse) * wq - coef);
@@ -139,7 +89,7 @@ __device__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t*
 
 // The forward of one position; with `gi`, the gradient too (the fused path), scaled by `s`.
 template <typename scalar_t, typename T, typename Walk>
-__device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, const scalar_t* q,
+__device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, const scalar_t* q,
                             const int64_t* targets, const ClassArgs<T>& a,
                             const ForwardOut<T>& out, scalar_t* gi, Scale<T> scale,
                             Shared<T>& shared) {
@@ -149,9 +99,7 @@ __device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, cons
   if (!q && !ignored) check_target(target, C);
   // Read before the reduction's barrier: the fused path may overwrite x (in place) after it.
   const T x_t = (!q && !ignored && walk.leader()) ? static_cast<T>(x[walk.at(target)]) : T(0);
-  auto part = MaxSum<T>::empty();
-  walk.read(x, C, [&](int64_t, scalar_t v) { part.add(static_cast<T>(v)); });
-  const MaxSum<T> total = walk.max_sum(part, shared.max_sum);
+  const MaxSum<T> total = walk.max_sum(x, C, shared);
   const T max = total.max, log_sum = ::log(total.sum);
   if (walk.leader()) out.lse[p] = max + log_sum;
   if (q) {  // sum_c w_c q'_c (max - x_c + log_sum)
@@ -161,8 +109,8 @@ __device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, cons
       wq += coef;
       gap += coef * (max - static_cast<T>(v));
     });
-    wq = walk.sum(wq, shared.sum);
-    gap = walk.sum(gap, shared.sum);
+    wq = walk.sum(wq, shared);
+    gap = walk.sum(gap, shared);
     if (walk.leader()) out.loss[p] = gap + wq * log_sum;
   } else {
     if (out.smooth) {  // sum_c w_c (max - x_c + log_sum)
@@ -170,7 +118,7 @@ __device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, cons
       if (!ignored) {
         walk.read(x, C, [&](int64_t c, scalar_t v) { gap += a.w(c) * (max - static_cast<T>(v)); });
       }
-      gap = walk.sum(gap, shared.sum);
+      gap = walk.sum(gap, shared);
       if (walk.leader()) out.smooth[p] = ignored ? T(0) : gap + a.total_weight() * log_sum;
     }
     if (walk.leader()) out.loss[p] = ignored ? T(0) : a.w(target) * ((max - x_t) + log_sum);
@@ -178,14 +126,15 @@ __device__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, cons
   if (gi) ce_gradient(walk, x, q, target, scale[p], max + log_sum, a, gi, shared);
 }
 
-template <typename scalar_t, typename T>
-__global__ void ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
-                               const int64_t* __restrict__ targets, ClassArgs<T> a,
-                               ForwardOut<T> out, scalar_t* __restrict__ gi, Scale<T> scale,
-                               int64_t positions, bool packed) {
+template <typename scalar_t, typename T, int kPacks>
+__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
+               const int64_t* __restrict__ targets, ClassArgs<T> a, ForwardOut<T> out,
+               scalar_t* __restrict__ gi, Scale<T> scale, int64_t positions, bool packed) {
   __shared__ Shared<T> shared;
   for (int64_t p = blockIdx.x; p < positions; p += gridDim.x) {
-    ce_position(BlockWalk{p * a.classes, packed}, p, x, q, targets, a, out, gi, scale, shared);
+    ce_position(row_walk<scalar_t, kPacks>(x, p, a.classes, packed), p, x, q, targets, a, out, gi,
+                scale, shared);
   }
 }
 
@@ -304,8 +253,12 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (s.inner == 1) {
     const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
-    ce_rows_kernel<<<row_blocks(positions), row_threads(s.dim), 0, stream>>>(
-        x, q, t, a, out, gi, scale, positions, packed);
+    const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+    with_packs_per_thread(shape, [&](auto packs) {
+      ce_rows_kernel<scalar_t, T, decltype(packs)::value>
+          <<<row_blocks(positions), shape.threads, 0, stream>>>(x, q, t, a, out, gi, scale,
+                                                                positions, packed);
+    });
   } else {
     ce_columns_kernel<<<blocks_for(positions), kThreads, 0, stream>>>(
         x, q, t, a, out, gi, scale, positions, s.inner);

@@ -1,29 +1,27 @@
 // softmax, log_softmax and their backward ops on CUDA, over the {outer, dim, inner} layout of
 // tensor_utils.h (a transposed input is permuted, not copied).
-//   inner == 1: a block per row, one pass for the online max and sum (16-byte packs when the
-//               rows are aligned), one pass to write; any row length.
+//   inner == 1: a block per row (row_walk.cuh): held in registers when it fits (read once),
+//               else an online max-and-sum pass and a write pass; 16-byte packs when aligned.
 //   inner > 1:  a thread per column; neighbouring threads read neighbouring columns, so the
 //               loads along the reduced dim coalesce.
-#include "common.cuh"
+#include "row_walk.cuh"
 
 #include <torch/library.h>
 
 namespace pyops::cuda {
 namespace {
 
-template <typename scalar_t>
-__global__ void softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
-                                    int64_t rows, int64_t n, bool packed, bool log) {
+template <typename scalar_t, int kPacks>
+__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t rows,
+                    int64_t n, bool packed, bool log) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ MaxSum<T> shared[32];
+  __shared__ Shared<T> shared;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const scalar_t* x = in + r * n;
-    scalar_t* y = out + r * n;
-    auto acc = MaxSum<T>::empty();
-    for_row(x, n, packed, [&](int64_t, scalar_t v) { acc.add(static_cast<T>(v)); });
-    const MaxSum<T> total = block_max_sum(acc, shared);
+    const auto walk = row_walk<scalar_t, kPacks>(in, r, n, packed);
+    const MaxSum<T> total = walk.max_sum(in, n, shared);
     const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
-    map_row(x, y, n, packed, [&](int64_t, scalar_t v) {
+    walk.map(in, out, n, [&](int64_t, scalar_t v) {
       const T shifted = static_cast<T>(v) - total.max;
       return log ? shifted - log_sum : ::exp(shifted) * scale;
     });
@@ -48,25 +46,57 @@ __global__ void softmax_columns_kernel(const scalar_t* __restrict__ in, scalar_t
   }
 }
 
-// grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax.
-template <typename scalar_t>
-__global__ void softmax_backward_rows_kernel(const scalar_t* __restrict__ grad,
-                                             const scalar_t* __restrict__ out,
-                                             scalar_t* __restrict__ result, int64_t rows,
-                                             int64_t n, bool log) {
+template <typename T>
+__device__ __forceinline__ T softmax_grad_term(T g, T y, bool log) { return log ? g : g * y; }
+
+template <typename T>
+__device__ __forceinline__ T softmax_grad(T g, T y, T total, bool log) {
+  return log ? g - ::exp(y) * total : y * (g - total);
+}
+
+// grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax. Cached: both
+// rows in registers, each read once.
+template <typename scalar_t, int kPacks>
+__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+softmax_backward_rows_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ out,
+                             scalar_t* __restrict__ result, int64_t rows, int64_t n, bool packed,
+                             bool log) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ T shared[32];
+  __shared__ Shared<T> shared;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const scalar_t* g = grad + r * n;
-    const scalar_t* y = out + r * n;
+    const auto y = row_walk<scalar_t, kPacks>(out, r, n, packed);
     T part = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      part += log ? static_cast<T>(g[i]) : static_cast<T>(g[i]) * static_cast<T>(y[i]);
-    }
-    const T total = block_sum(part, shared);
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const T gv = g[i], yv = y[i];
-      result[r * n + i] = static_cast<scalar_t>(log ? gv - ::exp(yv) * total : yv * (gv - total));
+    if constexpr (kPacks == 0) {
+      y.read(out, n, [&](int64_t i, scalar_t yv) {
+        part += softmax_grad_term<T>(grad[y.at(i)], yv, log);
+      });
+      const T total = y.sum(part, shared);
+      y.map(out, result, n, [&](int64_t i, scalar_t yv) {
+        return softmax_grad<T>(grad[y.at(i)], yv, total, log);
+      });
+    } else {
+      const CachedWalk<scalar_t, kPacks> g(grad, r * n, n);
+#pragma unroll
+      for (int k = 0; k < kPacks; ++k) {
+        if (threadIdx.x + int64_t{k} * blockDim.x >= y.packs) continue;
+#pragma unroll
+        for (int j = 0; j < vec_size<scalar_t>(); ++j) {
+          part += softmax_grad_term<T>(g.cache[k].v[j], y.cache[k].v[j], log);
+        }
+      }
+      const T total = y.sum(part, shared);
+      Pack<scalar_t>* row = reinterpret_cast<Pack<scalar_t>*>(result + r * n);
+#pragma unroll
+      for (int k = 0; k < kPacks; ++k) {
+        const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
+        if (p >= y.packs) continue;
+        Pack<scalar_t> value;
+#pragma unroll
+        for (int j = 0; j < vec_size<scalar_t>(); ++j) {
+          value.v[j] = static_cast<scalar_t>(softmax_grad<T>(g.cache[k].v[j], y.cache[k].v[j], total, log));
+        }
+        row[p] = value;
+      }
     }
   }
 }
@@ -108,8 +138,11 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
       const bool packed = rows_packable(in, o, s.dim);
-      softmax_rows_kernel<<<row_blocks(s.outer), row_threads(s.dim), 0, stream>>>(
-          in, o, s.outer, s.dim, packed, log);
+      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+      with_packs_per_thread(shape, [&](auto packs) {
+        softmax_rows_kernel<scalar_t, decltype(packs)::value>
+            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(in, o, s.outer, s.dim, packed, log);
+      });
     } else {
       softmax_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
           in, o, s.outer, s.dim, s.inner, log);
@@ -136,8 +169,13 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
-      softmax_backward_rows_kernel<<<row_blocks(s.outer), row_threads(s.dim), 0, stream>>>(
-          gp, yp, rp, s.outer, s.dim, log);
+      const bool packed = rows_packable(yp, rp, s.dim) && aligned16(gp);
+      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+      with_packs_per_thread(shape, [&](auto packs) {
+        softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
+            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
+                                                                packed, log);
+      });
     } else {
       softmax_backward_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
           gp, yp, rp, s.outer, s.dim, s.inner, log);

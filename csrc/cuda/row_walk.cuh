@@ -1,0 +1,219 @@
+// How a kernel walks the reduced dim ("row") of one position, shared by softmax and the losses:
+//   CachedWalk:  a block per row, the row held in registers (16-byte packs), read from memory
+//                once however many passes the kernel makes; rows up to kMaxCachedPacks packs.
+//   BlockWalk:   a block per row of any length; every pass reads memory (16-byte packs where
+//                aligned), the later passes backwards, so that they start on what the previous
+//                pass left in L2.
+//   ThreadWalk:  a thread per row, for rows strided in memory ({outer, dim, inner} with
+//                inner > 1): neighbouring threads read neighbouring rows, so loads coalesce.
+// Each offers at(c), leader(), read(data, n, fn(c, value)), map(data, out, n, fn(c, value) -> T),
+// sum(v, shared) and max_sum(x, n, shared) over the row.
+#pragma once
+
+#include "common.cuh"
+
+#include <type_traits>
+
+namespace pyops::cuda {
+
+template <typename T>
+struct Shared {
+  MaxSum<T> max_sum[32];
+  T values[32];
+};
+
+// out[i] = fn(i, row[i]) by the block's threads, packed when allowed, last packs first.
+template <typename scalar_t, typename Fn>
+__device__ __forceinline__ void map_row_backwards(const scalar_t* row, scalar_t* out, int64_t n,
+                                                  bool packed, Fn fn) {
+  constexpr int kVec = vec_size<scalar_t>();
+  int64_t tail = 0;
+  if (packed) {
+    const int64_t packs = n / kVec;
+    tail = packs * kVec;
+    for (int64_t p = packs - 1 - threadIdx.x; p >= 0; p -= blockDim.x) {
+      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
+      Pack<scalar_t> result;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, pack.v[j]));
+      reinterpret_cast<Pack<scalar_t>*>(out)[p] = result;
+    }
+  }
+  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) {
+    out[i] = static_cast<scalar_t>(fn(i, row[i]));
+  }
+}
+
+struct BlockWalk {
+  int64_t base;
+  bool packed;
+
+  __device__ int64_t at(int64_t c) const { return base + c; }
+  __device__ bool leader() const { return threadIdx.x == 0; }
+  template <typename scalar_t, typename Fn>
+  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
+    for_row(data + base, n, packed, fn);
+  }
+  template <typename scalar_t, typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
+    map_row_backwards(data + base, out + base, n, packed, fn);
+  }
+  template <typename T>
+  __device__ T sum(T v, Shared<T>& shared) const { return block_sum(v, shared.values); }
+  template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
+  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>& shared) const {
+    auto part = MaxSum<T>::empty();
+    read(x, n, [&](int64_t, scalar_t v) { part.add(static_cast<T>(v)); });
+    return block_max_sum(part, shared.max_sum);
+  }
+};
+
+// The most packs a thread holds, and the threads of a block that holds kPacks per thread:
+// their registers must fit the multiprocessor's 64K.
+constexpr int kMaxPacksPerThread = 16;
+constexpr int cached_threads_limit(int packs_per_thread) { return packs_per_thread <= 4 ? 1024 : 512; }
+constexpr int64_t kMaxCachedPacks = int64_t{kMaxPacksPerThread} * cached_threads_limit(kMaxPacksPerThread);
+
+template <typename scalar_t, int kPacks>
+struct CachedWalk {
+  static constexpr int kVec = vec_size<scalar_t>();
+  const scalar_t* source;  // the cached row's tensor; reads of other tensors go to memory
+  int64_t base, packs;
+  Pack<scalar_t> cache[kPacks];
+
+  // Loads row `base` of `x` (n elements, n % kVec == 0, 16-byte aligned), all loads in flight
+  // before any is used.
+  __device__ CachedWalk(const scalar_t* x, int64_t base, int64_t n)
+      : source(x), base(base), packs(n / kVec) {
+    const Pack<scalar_t>* row = reinterpret_cast<const Pack<scalar_t>*>(x + base);
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
+      if (p < packs) cache[k] = row[p];
+    }
+  }
+
+  __device__ int64_t at(int64_t c) const { return base + c; }
+  __device__ bool leader() const { return threadIdx.x == 0; }
+
+  template <typename Fn>
+  __device__ void each_cached(Fn fn) const {
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
+      if (p < packs) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) fn(p * kVec + j, cache[k].v[j]);
+      }
+    }
+  }
+  template <typename Fn>
+  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
+    if (data == source) {
+      each_cached(fn);
+    } else {
+      for_row(data + base, n, true, fn);
+    }
+  }
+  template <typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
+    if (data != source) {
+      map_row_backwards(data + base, out + base, n, true, fn);
+      return;
+    }
+    Pack<scalar_t>* row = reinterpret_cast<Pack<scalar_t>*>(out + base);
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
+      if (p < packs) {
+        Pack<scalar_t> result;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, cache[k].v[j]));
+        row[p] = result;
+      }
+    }
+  }
+  template <typename T>
+  __device__ T sum(T v, Shared<T>& shared) const { return block_sum(v, shared.values); }
+  // The max first, then one exp per element: no rescaling, as the row is at hand.
+  template <typename T = at::opmath_type<scalar_t>>
+  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
+    T max = -INFINITY;
+    each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
+    max = block_max(max, shared.values);
+    T total = 0;
+    each_cached([&](int64_t, scalar_t v) { total += ::exp(static_cast<T>(v) - max); });
+    return {max, block_sum(total, shared.values)};
+  }
+};
+
+struct ThreadWalk {
+  int64_t base, stride;
+
+  __device__ int64_t at(int64_t c) const { return base + c * stride; }
+  __device__ bool leader() const { return true; }
+  template <typename scalar_t, typename Fn>
+  __device__ void read(const scalar_t* data, int64_t n, Fn fn) const {
+    for (int64_t c = 0; c < n; ++c) fn(c, data[at(c)]);
+  }
+  template <typename scalar_t, typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t n, Fn fn) const {
+    for (int64_t c = 0; c < n; ++c) out[at(c)] = static_cast<scalar_t>(fn(c, data[at(c)]));
+  }
+  template <typename T>
+  __device__ T sum(T v, Shared<T>&) const { return v; }
+  template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
+  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>&) const {
+    auto total = MaxSum<T>::empty();
+    read(x, n, [&](int64_t, scalar_t v) { total.add(static_cast<T>(v)); });
+    return total.max == T(-INFINITY) ? MaxSum<T>{total.max, T(NAN)} : total;
+  }
+};
+
+// Launch shape of a block-per-row kernel: kPacks packs per thread held in registers
+// (CachedWalk), or 0 for BlockWalk.
+struct RowLaunch {
+  int packs_per_thread;
+  int threads;
+};
+
+// The fewest packs per thread that cache a row of n elements, or BlockWalk when the row is not
+// packable or too long.
+template <typename scalar_t>
+RowLaunch row_launch(int64_t n, bool packable) {
+  const int64_t packs = n / vec_size<scalar_t>();
+  if (packable && packs <= kMaxCachedPacks) {
+    for (int per_thread = 1; per_thread <= kMaxPacksPerThread; per_thread *= 2) {
+      const int64_t threads = (packs + per_thread - 1) / per_thread;
+      if (threads <= cached_threads_limit(per_thread)) {
+        return {per_thread, static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32))};
+      }
+    }
+  }
+  return {0, row_threads(n)};
+}
+
+// Calls launch(std::integral_constant<int, kPacks>) for the kPacks of `shape`.
+template <typename Launch>
+void with_packs_per_thread(const RowLaunch& shape, Launch launch) {
+  switch (shape.packs_per_thread) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2: return launch(std::integral_constant<int, 2>{});
+    case 4: return launch(std::integral_constant<int, 4>{});
+    case 8: return launch(std::integral_constant<int, 8>{});
+    case 16: return launch(std::integral_constant<int, 16>{});
+    default: return launch(std::integral_constant<int, 0>{});
+  }
+}
+
+// The walk of row `row` (n elements from x + row * n) for a kernel instantiated with kPacks.
+template <typename scalar_t, int kPacks>
+__device__ auto row_walk(const scalar_t* x, int64_t row, int64_t n, bool packed) {
+  if constexpr (kPacks == 0) {
+    return BlockWalk{row * n, packed};
+  } else {
+    return CachedWalk<scalar_t, kPacks>(x, row * n, n);
+  }
+}
+
+}  // namespace pyops::cuda
