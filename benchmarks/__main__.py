@@ -65,44 +65,48 @@ def run(args):
     selected = list(C.select_cases(cfg, args.ops.split(",")))
     progress = _progress(len(selected))
     records = []
-    for case in selected:
-        try:
-            fns = case.build(cfg, harness.input_copies(case.nbytes, cache))
-            missing = {}
-        except Exception as err:  # a peer that cannot run this case is reported, not dropped
-            fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}
-        case_records = []
-        extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
-        for impl in ["torch", "pyops"] + extra:
-            record = {"op": case.op, "direction": case.direction, "dtype": str(case.dtype)[6:],
-                      "shape": case.label, "params": case.params, "impl": impl,
-                      "bytes": case.nbytes, "median_s": None, "iqr_s": None, "gbps": None,
-                      "pct_copy": None, "peak_extra_bytes": None, "ratio_vs_torch": None}
-            fn = fns.get(impl)
-            if fn is None:
-                record["missing"] = missing.get("all", "not available")
-            else:
-                try:
-                    median, iqr = harness.time_fn(fn, args.device, min_run_time)
-                    record.update(median_s=median, iqr_s=iqr, gbps=case.nbytes / median / 1e9,
-                                  pct_copy=100 * case.nbytes / median / copy_bps,
-                                  peak_extra_bytes=harness.peak_extra_bytes(fn, args.device))
-                except Exception as err:
-                    record["missing"] = f"{type(err).__name__}: {err}"
-            case_records.append(record)
-        base = case_records[0]["median_s"]
-        for r in case_records:
-            if base and r["median_s"]:
-                r["ratio_vs_torch"] = r["median_s"] / base
-        records += case_records
-        del fns
-        if progress is not None:
-            progress.update()
+    interrupted = False
+    try:  # an interrupted run (Ctrl-C, a time limit's SIGINT) still reports what it measured
+        for case in selected:
+            try:
+                fns = case.build(cfg, harness.input_copies(case.nbytes, cache))
+                missing = {}
+            except Exception as err:  # a peer that cannot run this case is reported, not dropped
+                fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}
+            case_records = []
+            extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
+            for impl in ["torch", "pyops"] + extra:
+                record = {"op": case.op, "direction": case.direction, "dtype": str(case.dtype)[6:],
+                          "shape": case.label, "params": case.params, "impl": impl,
+                          "bytes": case.nbytes, "median_s": None, "iqr_s": None, "gbps": None,
+                          "pct_copy": None, "peak_extra_bytes": None, "ratio_vs_torch": None}
+                fn = fns.get(impl)
+                if fn is None:
+                    record["missing"] = missing.get("all", "not available")
+                else:
+                    try:
+                        median, iqr = harness.time_fn(fn, args.device, min_run_time)
+                        record.update(median_s=median, iqr_s=iqr, gbps=case.nbytes / median / 1e9,
+                                      pct_copy=100 * case.nbytes / median / copy_bps,
+                                      peak_extra_bytes=harness.peak_extra_bytes(fn, args.device))
+                    except Exception as err:
+                        record["missing"] = f"{type(err).__name__}: {err}"
+                case_records.append(record)
+            base = case_records[0]["median_s"]
+            for r in case_records:
+                if base and r["median_s"]:
+                    r["ratio_vs_torch"] = r["median_s"] / base
+            records += case_records
+            del fns
+            if progress is not None:
+                progress.update()
+    except KeyboardInterrupt:
+        interrupted = True
     if progress is not None:
         progress.close()
     return {"machine": harness.machine_info(args.device), "device": args.device,
             "copy_gbps": copy_bps / 1e9, "args": vars(args) | {"out": str(args.out)},
-            "records": records}
+            "interrupted": interrupted, "records": records}
 
 
 def main(argv=None):
@@ -122,6 +126,8 @@ def main(argv=None):
     print(report.text_table(results["records"]))
     print("\nTime ratio, geometric mean over shapes and dtypes (rows); below 1: pyops is faster")
     print(report.summary_markdown(results["records"]))
+    if results["interrupted"]:
+        print("\ninterrupted: the cases after the last row were not measured")
     print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}"
           + "".join(f", {p.name}" for p in plots))
     return 0
