@@ -47,10 +47,17 @@ def cpu_isa_flags():
     return {isa: flags for isa, flags in isas.items() if not wanted or isa in wanted}
 
 
+def abi_flags():
+    """torch's C++ string ABI, stated: a compiler whose default differs (seen on the GPU machine)
+    would otherwise pass std::string to libtorch in the other layout and crash on the first
+    error message built in our code."""
+    return [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
 def common_flags():
     if os.environ.get("PYOPS_SANITIZE") == "1":
-        return ["-O1"] + SANITIZE_FLAGS, SANITIZE_FLAGS
-    return COMMON_FLAGS, []
+        return ["-O1"] + SANITIZE_FLAGS + abi_flags(), SANITIZE_FLAGS
+    return COMMON_FLAGS + abi_flags(), []
 
 
 def want_cuda():
@@ -80,7 +87,7 @@ def core_extension(compile_flags, link_flags):
         return CppExtension("pyops._C", sources, extra_compile_args={"cxx": compile_flags},
                             extra_link_args=link_flags)
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
-    nvcc = ["-O3"]
+    nvcc = ["-O3"] + abi_flags()
     if os.environ.get("PYOPS_PTXAS_VERBOSE") == "1":  # register and shared-memory use per kernel
         nvcc.append("-Xptxas=-v")
     return CUDAExtension(

@@ -216,7 +216,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
     }
     denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
   });
-  return {class_loss_output(losses, smooth, reduction, denominator, prep, label_smoothing), lse};
+  return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep, label_smoothing),
+          lse};
 }
 
 // ---- cross_entropy backward -----------------------------------------------------------------

@@ -69,7 +69,7 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
     wq = walk.sum(wq, shared);
     walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
       const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
-      return s * (::exp(static_cast<T>(v) - lse) * wq - coef);
+      return s * (fast_exp(static_cast<T>(v) - lse) * wq - coef);
     });
     return;
   }
@@ -82,7 +82,7 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
   const T w_t = a.w(target);
   const T coef = a.keep * w_t + a.eps_c * a.total_weight(), at_target = s * a.keep * w_t;
   walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
-    const T g = s * (::exp(static_cast<T>(v) - lse) * coef - a.eps_c * a.w(c));
+    const T g = s * (fast_exp(static_cast<T>(v) - lse) * coef - a.eps_c * a.w(c));
     return c == target ? g - at_target : g;
   });
 }
@@ -127,7 +127,7 @@ __device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const s
 }
 
 template <typename scalar_t, typename T, int kPacks>
-__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+__global__ void __launch_bounds__(row_kernel_threads(kPacks))
 ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
                const int64_t* __restrict__ targets, ClassArgs<T> a, ForwardOut<T> out,
                scalar_t* __restrict__ gi, Scale<T> scale, int64_t positions, bool packed) {
@@ -215,6 +215,12 @@ at::Tensor target_weight_sum(const Prepared& p, int64_t ignore_index) {
   return weights.sum(at::kDouble);
 }
 
+// torch's CUDA nll kernel for an unbatched (1-D) input gives 0, not 0 / 0, for 'mean' when its
+// one target is ignored; the loss sum is 0 then, so a denominator of 1 gives the same.
+at::Tensor nll_denominator(const at::Tensor& denominator, const Prepared& p) {
+  return p.class_dim == 0 && !p.soft ? at::where(denominator == 0, 1.0, denominator) : denominator;
+}
+
 at::Tensor denominator_of(const Prepared& p, int64_t ignore_index) {
   return p.soft ? soft_denominator(p) : target_weight_sum(p, ignore_index);
 }
@@ -254,10 +260,14 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
   if (s.inner == 1) {
     const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
     const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+    // uncached rows are read again for the gradient, the smoothing term or soft targets
+    const bool second_pass = gi || q || out.smooth;
+    const int64_t reread =
+        shape.packs_per_thread || !second_pass ? 0 : s.dim * sizeof(scalar_t) * (q ? 2 : 1);
     with_packs_per_thread(shape, [&](auto packs) {
       ce_rows_kernel<scalar_t, T, decltype(packs)::value>
-          <<<row_blocks(positions), shape.threads, 0, stream>>>(x, q, t, a, out, gi, scale,
-                                                                positions, packed);
+          <<<row_blocks(positions, reread), shape.threads, 0, stream>>>(x, q, t, a, out, gi, scale,
+                                                                        positions, packed);
     });
   } else {
     ce_columns_kernel<<<blocks_for(positions), kThreads, 0, stream>>>(
@@ -309,7 +319,9 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
     lse.fill_(-std::numeric_limits<double>::infinity());
     if (grad_out.defined()) grad_out.zero_();
   }
-  return {class_loss_output(losses, smooth, reduction, denominator, prep, label_smoothing), lse};
+  return {class_loss_output(losses, smooth, reduction, nll_denominator(denominator, prep), denominator,
+                            prep, label_smoothing),
+          lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
@@ -447,7 +459,8 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
     using T = at::opmath_type<scalar_t>;
     launch_nll<scalar_t, T>(prep, ignore_index, losses.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
   });
-  return reduce_losses(losses, reduction, target_weight_sum(prep, ignore_index),
+  return reduce_losses(losses, reduction,
+                       nll_denominator(target_weight_sum(prep, ignore_index), prep),
                        prep.position_shape, input.scalar_type());
 }
 

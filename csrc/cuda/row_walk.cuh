@@ -68,11 +68,11 @@ struct BlockWalk {
   }
 };
 
-// The most packs a thread holds, and the threads of a block that holds kPacks per thread:
-// their registers must fit the multiprocessor's 64K.
+// The most packs a thread holds, and the most threads of a block that caches its row: 512
+// threads of at most 128 registers each fill the multiprocessor's 64K.
 constexpr int kMaxPacksPerThread = 16;
-constexpr int cached_threads_limit(int packs_per_thread) { return packs_per_thread <= 4 ? 1024 : 512; }
-constexpr int64_t kMaxCachedPacks = int64_t{kMaxPacksPerThread} * cached_threads_limit(kMaxPacksPerThread);
+constexpr int kMaxCachedThreads = 512;
+constexpr int64_t kMaxCachedPacks = int64_t{kMaxPacksPerThread} * kMaxCachedThreads;
 
 template <typename scalar_t, int kPacks>
 struct CachedWalk {
@@ -142,10 +142,25 @@ struct CachedWalk {
     each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
     max = block_max(max, shared.values);
     T total = 0;
-    each_cached([&](int64_t, scalar_t v) { total += ::exp(static_cast<T>(v) - max); });
+    each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
     return {max, block_sum(total, shared.values)};
   }
 };
+
+// Sum of term(c) for c < n by one thread, in blocks of 64 whose sums are added: a long row
+// loses far less to rounding than in one running sum.
+template <typename T, typename Term>
+__device__ __forceinline__ T blocked_sum(int64_t n, Term term) {
+  constexpr int64_t kBlock = 64;
+  T total = 0;
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    T part = 0;
+    const int64_t end = begin + kBlock < n ? begin + kBlock : n;
+    for (int64_t c = begin; c < end; ++c) part += term(c);
+    total += part;
+  }
+  return total;
+}
 
 struct ThreadWalk {
   int64_t base, stride;
@@ -162,10 +177,17 @@ struct ThreadWalk {
   }
   template <typename T>
   __device__ T sum(T v, Shared<T>&) const { return v; }
+  // Online in blocks of 64, merged: the rounding of blocked_sum.
   template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
   __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>&) const {
+    constexpr int64_t kBlock = 64;
     auto total = MaxSum<T>::empty();
-    read(x, n, [&](int64_t, scalar_t v) { total.add(static_cast<T>(v)); });
+    for (int64_t begin = 0; begin < n; begin += kBlock) {
+      auto part = MaxSum<T>::empty();
+      const int64_t end = begin + kBlock < n ? begin + kBlock : n;
+      for (int64_t c = begin; c < end; ++c) part.add(static_cast<T>(x[at(c)]));
+      total.merge(part);
+    }
     return total.max == T(-INFINITY) ? MaxSum<T>{total.max, T(NAN)} : total;
   }
 };
@@ -177,20 +199,28 @@ struct RowLaunch {
   int threads;
 };
 
-// The fewest packs per thread that cache a row of n elements, or BlockWalk when the row is not
-// packable or too long.
+// How to cache a row of n elements: preferably in at most 256 threads (cheap barriers, several
+// blocks per multiprocessor), else in 512, with the fewest packs per thread up to
+// max_per_thread; BlockWalk when the row is not packable or too long for that.
 template <typename scalar_t>
-RowLaunch row_launch(int64_t n, bool packable) {
+RowLaunch row_launch(int64_t n, bool packable, int max_per_thread = kMaxPacksPerThread) {
   const int64_t packs = n / vec_size<scalar_t>();
-  if (packable && packs <= kMaxCachedPacks) {
-    for (int per_thread = 1; per_thread <= kMaxPacksPerThread; per_thread *= 2) {
-      const int64_t threads = (packs + per_thread - 1) / per_thread;
-      if (threads <= cached_threads_limit(per_thread)) {
-        return {per_thread, static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32))};
+  if (packable) {
+    for (const int64_t limit : {int64_t{256}, int64_t{kMaxCachedThreads}}) {
+      for (int per_thread = 1; per_thread <= max_per_thread; per_thread *= 2) {
+        const int64_t threads = (packs + per_thread - 1) / per_thread;
+        if (threads <= limit) {
+          return {per_thread, static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32))};
+        }
       }
     }
   }
   return {0, row_threads(n)};
+}
+
+// Launch bounds of a block-per-row kernel instantiated with kPacks.
+constexpr int row_kernel_threads(int packs_per_thread) {
+  return packs_per_thread == 0 ? 1024 : kMaxCachedThreads;
 }
 
 // Calls launch(std::integral_constant<int, kPacks>) for the kPacks of `shape`.

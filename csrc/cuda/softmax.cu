@@ -12,7 +12,7 @@ namespace pyops::cuda {
 namespace {
 
 template <typename scalar_t, int kPacks>
-__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+__global__ void __launch_bounds__(row_kernel_threads(kPacks))
 softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t rows,
                     int64_t n, bool packed, bool log) {
   using T = at::opmath_type<scalar_t>;
@@ -23,7 +23,7 @@ softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
     const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
     walk.map(in, out, n, [&](int64_t, scalar_t v) {
       const T shifted = static_cast<T>(v) - total.max;
-      return log ? shifted - log_sum : ::exp(shifted) * scale;
+      return log ? shifted - log_sum : fast_exp(shifted) * scale;
     });
   }
 }
@@ -32,17 +32,17 @@ template <typename scalar_t>
 __global__ void softmax_columns_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                        int64_t outer, int64_t n, int64_t inner, bool log) {
   using T = at::opmath_type<scalar_t>;
+  Shared<T> unused;  // a thread per column shares nothing
   const int64_t columns = outer * inner;
   for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < columns;
        c += int64_t{blockDim.x} * gridDim.x) {
-    const int64_t base = (c / inner) * n * inner + c % inner;
-    auto acc = MaxSum<T>::empty();
-    for (int64_t d = 0; d < n; ++d) acc.add(static_cast<T>(in[base + d * inner]));
-    const T log_sum = ::log(acc.sum), scale = T(1) / acc.sum;
-    for (int64_t d = 0; d < n; ++d) {
-      const T shifted = static_cast<T>(in[base + d * inner]) - acc.max;
-      out[base + d * inner] = static_cast<scalar_t>(log ? shifted - log_sum : ::exp(shifted) * scale);
-    }
+    const ThreadWalk walk{(c / inner) * n * inner + c % inner, inner};
+    const MaxSum<T> total = walk.max_sum(in, n, unused);
+    const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
+    walk.map(in, out, n, [&](int64_t, scalar_t v) {
+      const T shifted = static_cast<T>(v) - total.max;
+      return log ? shifted - log_sum : fast_exp(shifted) * scale;
+    });
   }
 }
 
@@ -51,13 +51,13 @@ __device__ __forceinline__ T softmax_grad_term(T g, T y, bool log) { return log 
 
 template <typename T>
 __device__ __forceinline__ T softmax_grad(T g, T y, T total, bool log) {
-  return log ? g - ::exp(y) * total : y * (g - total);
+  return log ? g - fast_exp(y) * total : y * (g - total);
 }
 
 // grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax. Cached: both
 // rows in registers, each read once.
 template <typename scalar_t, int kPacks>
-__global__ void __launch_bounds__(kPacks == 0 ? 1024 : cached_threads_limit(kPacks))
+__global__ void __launch_bounds__(row_kernel_threads(kPacks))
 softmax_backward_rows_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ out,
                              scalar_t* __restrict__ result, int64_t rows, int64_t n, bool packed,
                              bool log) {
@@ -111,15 +111,12 @@ __global__ void softmax_backward_columns_kernel(const scalar_t* __restrict__ gra
   for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < columns;
        c += int64_t{blockDim.x} * gridDim.x) {
     const int64_t base = (c / inner) * n * inner + c % inner;
-    T total = 0;
-    for (int64_t d = 0; d < n; ++d) {
-      const T gv = grad[base + d * inner];
-      total += log ? gv : gv * static_cast<T>(out[base + d * inner]);
-    }
+    const T total = blocked_sum<T>(n, [&](int64_t d) {
+      return softmax_grad_term<T>(grad[base + d * inner], out[base + d * inner], log);
+    });
     for (int64_t d = 0; d < n; ++d) {
       const int64_t at = base + d * inner;
-      const T gv = grad[at], yv = out[at];
-      result[at] = static_cast<scalar_t>(log ? gv - ::exp(yv) * total : yv * (gv - total));
+      result[at] = static_cast<scalar_t>(softmax_grad<T>(grad[at], out[at], total, log));
     }
   }
 }
@@ -139,9 +136,12 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
     if (s.inner == 1) {
       const bool packed = rows_packable(in, o, s.dim);
       const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+      // uncached rows are read twice
+      const int64_t reread = shape.packs_per_thread ? 0 : s.dim * x.element_size();
       with_packs_per_thread(shape, [&](auto packs) {
         softmax_rows_kernel<scalar_t, decltype(packs)::value>
-            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(in, o, s.outer, s.dim, packed, log);
+            <<<row_blocks(s.outer, reread), shape.threads, 0, stream>>>(in, o, s.outer, s.dim,
+                                                                        packed, log);
       });
     } else {
       softmax_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
@@ -170,11 +170,13 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
       const bool packed = rows_packable(yp, rp, s.dim) && aligned16(gp);
-      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
+      // two rows cached per block: half the packs per thread
+      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed, kMaxPacksPerThread / 2);
+      const int64_t reread = shape.packs_per_thread ? 0 : 2 * s.dim * y.element_size();
       with_packs_per_thread(shape, [&](auto packs) {
         softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
-            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
-                                                                packed, log);
+            <<<row_blocks(s.outer, reread), shape.threads, 0, stream>>>(gp, yp, rp, s.outer,
+                                                                        s.dim, packed, log);
       });
     } else {
       softmax_backward_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
