@@ -35,10 +35,11 @@ inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
                                  at::ScalarType acc) {
   if (reduction == kNone) {
     TORCH_CHECK(grad.numel() == positions, "grad must have one element per loss element (",
-                positions, "), got ", grad.sizes());
+                positions, "), got ", shape_str(grad.sizes()));
     return grad.to(acc).contiguous();
   }
-  TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ", grad.sizes());
+  TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
+              shape_str(grad.sizes()));
   const auto g = grad.reshape({}).to(at::kDouble);
   return (reduction == kMean ? g / denominator : g).to(acc);
 }
@@ -78,7 +79,8 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
   if (weight && weight->defined()) {
     TORCH_CHECK(weight->dim() == 1 && weight->numel() == classes, op,
                 ": weight tensor should be defined either for all ", classes,
-                " classes or no classes but got weight tensor of shape: ", weight->sizes());
+                " classes or no classes but got weight tensor of shape: ",
+                shape_str(weight->sizes()));
     TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected scalar type ",
                 input.scalar_type(), " but found ", weight->scalar_type(), " for weight");
     TORCH_CHECK(weight->device() == input.device(), op, ": weight must be on ", input.device());
@@ -90,8 +92,8 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
   p.shape = shape3(x, p.class_dim);
   if (p.soft) {
     TORCH_CHECK(target.sizes() == input.sizes(), op,
-                ": probability targets must have the input's shape ", input.sizes(), ", got ",
-                target.sizes());
+                ": probability targets must have the input's shape ", shape_str(input.sizes()),
+                ", got ", shape_str(target.sizes()));
     TORCH_CHECK(target.scalar_type() == input.scalar_type(), op,
                 ": probability targets must have the input's dtype ", input.scalar_type(),
                 ", got ", target.scalar_type());
@@ -100,8 +102,8 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
     TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, op,
                 ": expected target dtype to be Long or Byte, but got ", target.scalar_type());
     TORCH_CHECK(target.sizes() == at::IntArrayRef(p.position_shape), op,
-                ": expected target size ", at::IntArrayRef(p.position_shape), ", got ",
-                target.sizes());
+                ": expected target size ", shape_str(p.position_shape), ", got ",
+                shape_str(target.sizes()));
     p.target = target.to(at::kLong).contiguous();
   }
   return p;
@@ -171,7 +173,7 @@ inline Elementwise prepare_elementwise(
     const std::optional<at::Tensor>& pos_weight = std::nullopt) {
   check_floating(op, input);
   TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", target.sizes(),
-              " must be the same as input size ", input.sizes());
+              " must be the same as input size ", shape_str(input.sizes()));
   Elementwise e;
   e.x = dense(input);
   e.y = like_input(op, "target", target, input, e.x);
@@ -196,7 +198,7 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
   TORCH_CHECK(p == 1 || p == 2, op, ": only p == 1 and p == 2 supported");
   TORCH_CHECK(input.dim() <= 2 && (input.dim() < 2 || input.size(1) > 0), op,
               ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
-              input.sizes());
+              shape_str(input.sizes()));
   MarginRows m;
   m.rows = input.dim() == 2 ? input.size(0) : 1;
   m.classes = input.dim() == 0 ? 1 : input.size(-1);
@@ -204,11 +206,13 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
               target.scalar_type());
   TORCH_CHECK(target.numel() == m.rows && target.dim() <= 1, op,
               ": target tensor should be 1-D with size equal to the number of input samples "
-              "(batch size). Expected target size [", m.rows, "], but got ", target.sizes());
+              "(batch size). Expected target size [", m.rows, "], but got ",
+              shape_str(target.sizes()));
   TORCH_CHECK(target.device() == input.device(), op, ": target must be on ", input.device());
   if (weight && weight->defined()) {
     TORCH_CHECK(weight->dim() == 1 && weight->numel() == m.classes, op,
-                ": inconsistent weight size, expected ", m.classes, " but got ", weight->sizes());
+                ": inconsistent weight size, expected ", m.classes, " but got ",
+                shape_str(weight->sizes()));
     TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected weight of dtype ",
                 input.scalar_type(), ", got ", weight->scalar_type());
     m.weight = weight->to(acc_dtype(input.scalar_type())).contiguous();

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string>
 #include <vector>
 
 namespace pyops {
@@ -20,6 +21,14 @@ inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
   return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
 }
 
+// "[2, 3]": a shape for error messages, formatted here rather than by c10's operator<< for
+// ArrayRef (an extension built on the GPU machine crashed formatting one).
+inline std::string shape_str(at::IntArrayRef shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
 inline void check_floating(const char* op, const at::Tensor& t) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
               ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
@@ -27,7 +36,7 @@ inline void check_floating(const char* op, const at::Tensor& t) {
 
 inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Tensor& out) {
   TORCH_CHECK(grad.sizes() == out.sizes(), op, ": grad and out must have the same shape, got ",
-              grad.sizes(), " and ", out.sizes());
+              shape_str(grad.sizes()), " and ", shape_str(out.sizes()));
   TORCH_CHECK(grad.scalar_type() == out.scalar_type(), op,
               ": grad and out must have the same dtype, got ", grad.scalar_type(), " and ",
               out.scalar_type());

@@ -20,12 +20,12 @@ class GradScale {
       : per_element_(reduction == kNone) {
     if (per_element_) {
       TORCH_CHECK(grad.numel() == numel, "grad must have one element per loss element (", numel,
-                  "), got ", grad.sizes());
+                  "), got ", shape_str(grad.sizes()));
       grad_ = grad.to(c10::CppTypeToScalarType<T>::value).contiguous();
       data_ = grad_.const_data_ptr<T>();
     } else {
       TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
-                  grad.sizes());
+                  shape_str(grad.sizes()));
       const double g = grad.to(at::kDouble).item<double>();
       scalar_ = static_cast<T>(reduction == kMean ? g / denominator.item<double>() : g);
     }

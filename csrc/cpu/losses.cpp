@@ -56,12 +56,12 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
   auto result = output_like(e.x);
   at::Tensor g;
   if (reduction == kNone) {
-    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ", e.x.sizes(),
-                ", got ", grad.sizes());
+    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ",
+                shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
     g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
   } else {
     TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
-                grad.sizes());
+                shape_str(grad.sizes()));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
     auto ops = operands<scalar_t>(e);

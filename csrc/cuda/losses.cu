@@ -104,8 +104,8 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
   const int64_t n = e.x.numel();
   at::Tensor g;
   if (reduction == kNone) {
-    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ", e.x.sizes(),
-                ", got ", grad.sizes());
+    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ",
+                shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
     g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
   } else {
     g = upstream_scale(grad, reduction, denominator, n, acc);
