@@ -14,7 +14,7 @@ enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 inline void check_reduction(int64_t reduction) {
   TORCH_CHECK(reduction >= kNone && reduction <= kSum,
-              "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+              "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", num_str(reduction));
 }
 
 // The loss output from per-element losses (in the accumulation dtype): the losses themselves in
@@ -35,7 +35,7 @@ inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
                                  at::ScalarType acc) {
   if (reduction == kNone) {
     TORCH_CHECK(grad.numel() == positions, "grad must have one element per loss element (",
-                positions, "), got ", shape_str(grad.sizes()));
+                num_str(positions), "), got ", shape_str(grad.sizes()));
     return grad.to(acc).contiguous();
   }
   TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
@@ -78,7 +78,7 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
   const int64_t classes = input.size(p.class_dim);
   if (weight && weight->defined()) {
     TORCH_CHECK(weight->dim() == 1 && weight->numel() == classes, op,
-                ": weight tensor should be defined either for all ", classes,
+                ": weight tensor should be defined either for all ", num_str(classes),
                 " classes or no classes but got weight tensor of shape: ",
                 shape_str(weight->sizes()));
     TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected scalar type ",
@@ -172,7 +172,7 @@ inline Elementwise prepare_elementwise(
     const std::optional<at::Tensor>& weight = std::nullopt,
     const std::optional<at::Tensor>& pos_weight = std::nullopt) {
   check_floating(op, input);
-  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", target.sizes(),
+  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", shape_str(target.sizes()),
               " must be the same as input size ", shape_str(input.sizes()));
   Elementwise e;
   e.x = dense(input);
@@ -206,12 +206,12 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
               target.scalar_type());
   TORCH_CHECK(target.numel() == m.rows && target.dim() <= 1, op,
               ": target tensor should be 1-D with size equal to the number of input samples "
-              "(batch size). Expected target size [", m.rows, "], but got ",
+              "(batch size). Expected target size [", num_str(m.rows), "], but got ",
               shape_str(target.sizes()));
   TORCH_CHECK(target.device() == input.device(), op, ": target must be on ", input.device());
   if (weight && weight->defined()) {
     TORCH_CHECK(weight->dim() == 1 && weight->numel() == m.classes, op,
-                ": inconsistent weight size, expected ", m.classes, " but got ",
+                ": inconsistent weight size, expected ", num_str(m.classes), " but got ",
                 shape_str(weight->sizes()));
     TORCH_CHECK(weight->scalar_type() == input.scalar_type(), op, ": expected weight of dtype ",
                 input.scalar_type(), ", got ", weight->scalar_type());

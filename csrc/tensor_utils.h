@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -21,11 +22,21 @@ inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
   return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
 }
 
-// "[2, 3]": a shape for error messages, formatted here rather than by c10's operator<< for
-// ArrayRef (an extension built on the GPU machine crashed formatting one).
+// Numbers and shapes in error messages are formatted here, with snprintf, never streamed:
+// built on the GPU machine (g++ from /opt/gcc, whose libstdc++ headers differ from the library
+// torch runs with), streaming a number into c10::str's ostringstream crashed the process.
+inline std::string num_str(int64_t value) { return std::to_string(value); }
+
+inline std::string num_str(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", value);
+  return text;
+}
+
+// "[2, 3]"
 inline std::string shape_str(at::IntArrayRef shape) {
   std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + num_str(shape[i]);
   return text + "]";
 }
 

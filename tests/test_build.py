@@ -1,10 +1,12 @@
 """The build: build_info, per-ISA CPU libraries, the CMake op library."""
 
+import glob
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
-import importlib.util
 
 import pytest
 import torch
@@ -122,3 +124,62 @@ def test_cpp_example_passes_ctest(cmake_build):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "100% tests passed" in proc.stdout
+
+
+def cuda_kernel_launches():
+    """(kernel, threads expression, whether its definition has __launch_bounds__) for every
+    launch in csrc/cuda."""
+    found = []
+    for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        source = open(path).read()
+        bounded = {m.group(1) for m in re.finditer(
+            r"__global__\s+void\s+__launch_bounds__\([^)]*\)\s*\)?\s*(\w+)\(", source)}
+        bounded |= {m.group(1) for m in re.finditer(
+            r"__global__ void __launch_bounds__\(.*?\)\n(\w+)\(", source)}
+        for m in re.finditer(r"(\w+)(?:<[^<>;]*>)?\s*<<<[^,]+,\s*([^,]+),", source):
+            found.append((m.group(1), m.group(2).strip(), m.group(1) in bounded))
+    return found
+
+
+def test_cuda_kernels_launched_wider_than_256_threads_have_launch_bounds():
+    # A kernel launched with up to 1024 threads must cap its registers at 64, or the launch
+    # fails on the device ("too many resources requested for launch", seen on an H200).
+    launches = cuda_kernel_launches()
+    assert len(launches) >= 10
+    unbounded = [(k, t) for k, t, bounded in launches if t != "kThreads" and not bounded]
+    assert not unbounded, unbounded
+
+
+def check_message_arguments():
+    """The message arguments of every TORCH_CHECK-like macro in csrc, as source text."""
+    for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.*"), recursive=True)):
+        source = open(path).read()
+        for match in re.finditer(r"TORCH_(?:CHECK|CHECK_INDEX|CHECK_VALUE|WARN)\(", source):
+            depth, end = 1, match.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(source[end], 0)
+                end += 1
+            args, current, depth, quoted = [], "", 0, False
+            for ch in source[match.end():end - 1]:
+                quoted ^= ch == '"'
+                if not quoted:
+                    depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+                if ch == "," and depth == 0 and not quoted:
+                    args.append(current.strip())
+                    current = ""
+                else:
+                    current += ch
+            args.append(current.strip())
+            for arg in args[1:]:
+                yield os.path.relpath(path, ROOT), arg
+
+
+def test_error_messages_stream_no_numbers():
+    # Numbers and shapes go through num_str/shape_str: built on the GPU machine, streaming an
+    # int64 or an IntArrayRef into the message crashed the process (tensor_utils.h says why).
+    allowed = re.compile(r'^(".*"|op|name|(num_str|shape_str)\(.*\)|[\w.>-]+(scalar_type|device)\(\))$',
+                         re.S)
+    arguments = list(check_message_arguments())
+    assert len(arguments) > 40
+    streamed = [(path, arg) for path, arg in arguments if not allowed.match(arg)]
+    assert not streamed, streamed

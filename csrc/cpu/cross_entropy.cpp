@@ -36,7 +36,7 @@ LossArgs<T> loss_args(const Prepared& p, int64_t ignore_index, double smoothing)
 }
 
 int64_t checked_target(int64_t t, int64_t classes) {
-  TORCH_CHECK_INDEX(t >= 0 && t < classes, "Target ", t, " is out of bounds.");
+  TORCH_CHECK_INDEX(t >= 0 && t < classes, "Target ", num_str(t), " is out of bounds.");
   return t;
 }
 
@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   constexpr const char* op = "pyops::cross_entropy";
   check_reduction(reduction);
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
+              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;

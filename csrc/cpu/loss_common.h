@@ -19,7 +19,7 @@ class GradScale {
             int64_t numel)
       : per_element_(reduction == kNone) {
     if (per_element_) {
-      TORCH_CHECK(grad.numel() == numel, "grad must have one element per loss element (", numel,
+      TORCH_CHECK(grad.numel() == numel, "grad must have one element per loss element (", num_str(numel),
                   "), got ", shape_str(grad.sizes()));
       grad_ = grad.to(c10::CppTypeToScalarType<T>::value).contiguous();
       data_ = grad_.const_data_ptr<T>();

@@ -42,16 +42,9 @@ inline int row_threads(int64_t n) {
   return threads;
 }
 
-// Blocks for a block-per-row kernel; the kernel strides over the rest. A kernel that reads each
-// row twice (row_bytes given) keeps the rows in flight within about 70 % of L2, so that the
-// second pass is served from it.
-inline int64_t row_blocks(int64_t rows, int64_t row_bytes = 0) {
-  int64_t blocks = std::min<int64_t>(rows, 1 << 30);
-  if (row_bytes > 0) {
-    const int64_t l2 = at::cuda::getCurrentDeviceProperties()->l2CacheSize;
-    blocks = std::min(blocks, l2 * 7 / 10 / row_bytes);
-  }
-  return std::max<int64_t>(1, blocks);
+// Blocks for a block-per-row kernel; the kernel strides over the rest.
+inline int64_t row_blocks(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 30));
 }
 
 // Rows of n elements at these pointers can be read and written in 16-byte packs.

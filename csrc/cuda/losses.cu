@@ -282,7 +282,7 @@ __device__ __forceinline__ void check_margin_target(int64_t t, int64_t classes) 
 }
 
 template <typename scalar_t, typename T>
-__global__ void multi_margin_kernel(const scalar_t* __restrict__ x,
+__global__ void __launch_bounds__(1024) multi_margin_kernel(const scalar_t* __restrict__ x,
                                     const int64_t* __restrict__ targets,
                                     const T* __restrict__ weight, int64_t rows, int64_t classes,
                                     int p, T margin, T* __restrict__ losses) {
@@ -305,7 +305,7 @@ __global__ void multi_margin_kernel(const scalar_t* __restrict__ x,
 }
 
 template <typename scalar_t, typename T>
-__global__ void multi_margin_backward_kernel(const scalar_t* __restrict__ x,
+__global__ void __launch_bounds__(1024) multi_margin_backward_kernel(const scalar_t* __restrict__ x,
                                              const int64_t* __restrict__ targets,
                                              const T* __restrict__ weight, const T* __restrict__ scale,
                                              int64_t scale_stride, int64_t rows, int64_t classes,

@@ -1,6 +1,6 @@
 // How a kernel walks the reduced dim ("row") of one position, shared by softmax and the losses:
 //   CachedWalk:  a block per row, the row held in registers (16-byte packs), read from memory
-//                once however many passes the kernel makes; rows up to kMaxCachedPacks packs.
+//                once however many passes the kernel makes; rows up to 512 threads' packs.
 //   BlockWalk:   a block per row of any length; every pass reads memory (16-byte packs where
 //                aligned), the later passes backwards, so that they start on what the previous
 //                pass left in L2.
@@ -68,11 +68,18 @@ struct BlockWalk {
   }
 };
 
-// The most packs a thread holds, and the most threads of a block that caches its row: 512
-// threads of at most 128 registers each fill the multiprocessor's 64K.
-constexpr int kMaxPacksPerThread = 16;
-constexpr int kMaxCachedThreads = 512;
-constexpr int64_t kMaxCachedPacks = int64_t{kMaxPacksPerThread} * kMaxCachedThreads;
+// The most packs a thread of a kernel caching one row holds: 64 elements of float, 16 of
+// double, 64 of the half types (8 packs). Measured on an H200 (benchmarks/NOTES.md, v2): more
+// spilled registers, and a bfloat16 row held in 16 packs ran at 41 % of copy.
+template <typename scalar_t>
+constexpr int max_packs_per_thread() { return sizeof(scalar_t) == 4 ? 16 : 8; }
+
+// The most threads of a block whose threads hold kPacks each: their registers must fit the
+// multiprocessor's 64K (64 per thread at 1024 threads, 128 at 512). Also the kernels' launch
+// bounds.
+constexpr int cached_threads_limit(int packs_per_thread) {
+  return packs_per_thread <= 4 ? 1024 : 512;
+}
 
 template <typename scalar_t, int kPacks>
 struct CachedWalk {
@@ -199,17 +206,18 @@ struct RowLaunch {
   int threads;
 };
 
-// How to cache a row of n elements: preferably in at most 256 threads (cheap barriers, several
-// blocks per multiprocessor), else in 512, with the fewest packs per thread up to
-// max_per_thread; BlockWalk when the row is not packable or too long for that.
+// How to cache a row of n elements: with the fewest packs per thread (up to max_per_thread)
+// that keep the block within preferred_threads, else within the register limit; BlockWalk when
+// the row is not packable or too long for that. Measured on an H200 (v2): softmax prefers 256
+// threads (98 % of copy at 32768x4096 float32), cross-entropy's larger kernel 1024.
 template <typename scalar_t>
-RowLaunch row_launch(int64_t n, bool packable, int max_per_thread = kMaxPacksPerThread) {
+RowLaunch row_launch(int64_t n, bool packable, int max_per_thread, int preferred_threads) {
   const int64_t packs = n / vec_size<scalar_t>();
   if (packable) {
-    for (const int64_t limit : {int64_t{256}, int64_t{kMaxCachedThreads}}) {
+    for (const int64_t limit : {int64_t{preferred_threads}, int64_t{1024}}) {
       for (int per_thread = 1; per_thread <= max_per_thread; per_thread *= 2) {
         const int64_t threads = (packs + per_thread - 1) / per_thread;
-        if (threads <= limit) {
+        if (threads <= std::min<int64_t>(limit, cached_threads_limit(per_thread))) {
           return {per_thread, static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32))};
         }
       }
@@ -218,9 +226,9 @@ RowLaunch row_launch(int64_t n, bool packable, int max_per_thread = kMaxPacksPer
   return {0, row_threads(n)};
 }
 
-// Launch bounds of a block-per-row kernel instantiated with kPacks.
+// Launch bounds of a block-per-row kernel instantiated with kPacks (0: BlockWalk, up to 1024).
 constexpr int row_kernel_threads(int packs_per_thread) {
-  return packs_per_thread == 0 ? 1024 : kMaxCachedThreads;
+  return packs_per_thread == 0 ? 1024 : cached_threads_limit(packs_per_thread);
 }
 
 // Calls launch(std::integral_constant<int, kPacks>) for the kPacks of `shape`.

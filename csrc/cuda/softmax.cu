@@ -135,13 +135,11 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
       const bool packed = rows_packable(in, o, s.dim);
-      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed);
-      // uncached rows are read twice
-      const int64_t reread = shape.packs_per_thread ? 0 : s.dim * x.element_size();
+      const RowLaunch shape =
+          row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 256);
       with_packs_per_thread(shape, [&](auto packs) {
         softmax_rows_kernel<scalar_t, decltype(packs)::value>
-            <<<row_blocks(s.outer, reread), shape.threads, 0, stream>>>(in, o, s.outer, s.dim,
-                                                                        packed, log);
+            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(in, o, s.outer, s.dim, packed, log);
       });
     } else {
       softmax_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
@@ -171,12 +169,12 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
     if (s.inner == 1) {
       const bool packed = rows_packable(yp, rp, s.dim) && aligned16(gp);
       // two rows cached per block: half the packs per thread
-      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed, kMaxPacksPerThread / 2);
-      const int64_t reread = shape.packs_per_thread ? 0 : 2 * s.dim * y.element_size();
+      const RowLaunch shape =
+          row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>() / 2, 256);
       with_packs_per_thread(shape, [&](auto packs) {
         softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
-            <<<row_blocks(s.outer, reread), shape.threads, 0, stream>>>(gp, yp, rp, s.outer,
-                                                                        s.dim, packed, log);
+            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
+                                                                packed, log);
       });
     } else {
       softmax_backward_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
