@@ -48,9 +48,8 @@ def cpu_isa_flags():
 
 
 def abi_flags():
-    """torch's C++ string ABI, stated: a compiler whose default differs (seen on the GPU machine)
-    would otherwise pass std::string to libtorch in the other layout and crash on the first
-    error message built in our code."""
+    """torch's C++ string ABI, stated rather than left to the compiler's default: std::string
+    crosses into libtorch (error messages), so both sides must lay it out alike."""
     return [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
 
 
