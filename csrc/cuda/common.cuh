@@ -35,10 +35,10 @@ struct alignas(16) Pack {
 
 // ---- a row per block -------------------------------------------------------------------------
 
-// Threads per row block: enough for the row, a multiple of 32, at most 1024.
-inline int row_threads(int64_t n) {
+// Threads per row block: enough for the row, a power of two from 32 to max_threads.
+inline int row_threads(int64_t n, int max_threads = 1024) {
   int threads = 32;
-  while (threads < 1024 && threads < n) threads *= 2;
+  while (threads < max_threads && threads < n) threads *= 2;
   return threads;
 }
 

@@ -126,8 +126,12 @@ __device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const s
   if (gi) ce_gradient(walk, x, q, target, scale[p], max + log_sum, a, gi, shared);
 }
 
+// Streaming (uncached) rows take at most 512 threads: 128 registers each hold the kernels
+// without spills, where 1024 threads' 64 spilled (ptxas).
+constexpr int kStreamThreads = 512;
+
 template <typename scalar_t, typename T, int kPacks>
-__global__ void __launch_bounds__(row_kernel_threads(kPacks))
+__global__ void __launch_bounds__(kPacks == 0 ? kStreamThreads : cached_threads_limit(kPacks))
 ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
                const int64_t* __restrict__ targets, ClassArgs<T> a, ForwardOut<T> out,
                scalar_t* __restrict__ gi, Scale<T> scale, int64_t positions, bool packed) {
@@ -151,9 +155,8 @@ __global__ void ce_columns_kernel(const scalar_t* __restrict__ x, const scalar_t
   }
 }
 
-// Launched with up to 1024 threads (row_threads): the bound keeps its registers within that.
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(1024) ce_backward_rows_kernel(const scalar_t* __restrict__ x,
+__global__ void __launch_bounds__(kStreamThreads) ce_backward_rows_kernel(const scalar_t* __restrict__ x,
                                         const scalar_t* __restrict__ q,
                                         const int64_t* __restrict__ targets, ClassArgs<T> a,
                                         const T* __restrict__ lse, scalar_t* __restrict__ gi,
@@ -263,9 +266,9 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
     // Only a second pass over the row (the gradient, the smoothing term, soft targets) gains
     // from holding it: the plain forward streams it once (80 % of copy at 8192x128256 float32).
     const bool second_pass = gi || q || out.smooth;
-    const RowLaunch shape = second_pass
-        ? row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024)
-        : RowLaunch{0, row_threads(s.dim)};
+    RowLaunch shape{0, 0};
+    if (second_pass) shape = row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024);
+    if (shape.packs_per_thread == 0) shape.threads = row_threads(s.dim, kStreamThreads);
     with_packs_per_thread(shape, [&](auto packs) {
       ce_rows_kernel<scalar_t, T, decltype(packs)::value>
           <<<row_blocks(positions), shape.threads, 0, stream>>>(x, q, t, a, out, gi, scale,
@@ -362,7 +365,8 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.inner == 1) {
       const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
-      ce_backward_rows_kernel<<<row_blocks(positions), row_threads(s.dim), 0, stream>>>(
+      ce_backward_rows_kernel<<<row_blocks(positions), row_threads(s.dim, kStreamThreads), 0,
+                                stream>>>(
           x, q, t, a, lse_c.const_data_ptr<T>(), gi, scale_of<T>(scale, reduction), positions,
           packed);
     } else {
