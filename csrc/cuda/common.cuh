@@ -84,27 +84,6 @@ __device__ __forceinline__ void for_row(const scalar_t* row, int64_t n, bool pac
   for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) fn(i, row[i]);
 }
 
-// out[i] = fn(i, row[i]) over the row, by the block's threads, packed when allowed.
-template <typename scalar_t, typename Fn>
-__device__ __forceinline__ void map_row(const scalar_t* row, scalar_t* out, int64_t n, bool packed,
-                                        Fn fn) {
-  constexpr int kVec = vec_size<scalar_t>();
-  int64_t tail = 0;
-  if (packed) {
-    tail = n / kVec * kVec;
-    for (int64_t p = threadIdx.x; p < n / kVec; p += blockDim.x) {
-      const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
-      Pack<scalar_t> result;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, pack.v[j]));
-      reinterpret_cast<Pack<scalar_t>*>(out)[p] = result;
-    }
-  }
-  for (int64_t i = tail + threadIdx.x; i < n; i += blockDim.x) {
-    out[i] = static_cast<scalar_t>(fn(i, row[i]));
-  }
-}
-
 // exp for the softmax family: the hardware's exp2 for float (2 instructions instead of about 8,
 // which decides the speed of bfloat16 rows). Its relative error, below 3e-7 plus |x| * 9e-8, is
 // no larger than the rounding of the argument x - max itself; double keeps the exact exp.

@@ -11,38 +11,36 @@
 namespace pyops::cuda {
 namespace {
 
+// softmax or log_softmax of the row `walk` walks, by the threads sharing that walk.
+template <typename scalar_t, typename Walk, typename T = at::opmath_type<scalar_t>>
+__device__ __forceinline__ void softmax_row(const Walk& walk, const scalar_t* in, scalar_t* out,
+                                            int64_t n, bool log, Shared<T>& shared) {
+  const MaxSum<T> total = walk.max_sum(in, n, shared);
+  const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
+  walk.map(in, out, n, [&](int64_t, scalar_t v) {
+    const T shifted = static_cast<T>(v) - total.max;
+    return log ? shifted - log_sum : fast_exp(shifted) * scale;
+  });
+}
+
 template <typename scalar_t, int kPacks>
 __global__ void __launch_bounds__(row_kernel_threads(kPacks))
 softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t rows,
                     int64_t n, bool packed, bool log) {
-  using T = at::opmath_type<scalar_t>;
-  __shared__ Shared<T> shared;
+  __shared__ Shared<at::opmath_type<scalar_t>> shared;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const auto walk = row_walk<scalar_t, kPacks>(in, r, n, packed);
-    const MaxSum<T> total = walk.max_sum(in, n, shared);
-    const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
-    walk.map(in, out, n, [&](int64_t, scalar_t v) {
-      const T shifted = static_cast<T>(v) - total.max;
-      return log ? shifted - log_sum : fast_exp(shifted) * scale;
-    });
+    softmax_row(row_walk<scalar_t, kPacks>(in, r, n, packed), in, out, n, log, shared);
   }
 }
 
 template <typename scalar_t>
 __global__ void softmax_columns_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                        int64_t outer, int64_t n, int64_t inner, bool log) {
-  using T = at::opmath_type<scalar_t>;
-  Shared<T> unused;  // a thread per column shares nothing
+  Shared<at::opmath_type<scalar_t>> unused;  // a thread per column shares nothing
   const int64_t columns = outer * inner;
   for (int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; c < columns;
        c += int64_t{blockDim.x} * gridDim.x) {
-    const ThreadWalk walk{(c / inner) * n * inner + c % inner, inner};
-    const MaxSum<T> total = walk.max_sum(in, n, unused);
-    const T log_sum = ::log(total.sum), scale = T(1) / total.sum;
-    walk.map(in, out, n, [&](int64_t, scalar_t v) {
-      const T shifted = static_cast<T>(v) - total.max;
-      return log ? shifted - log_sum : fast_exp(shifted) * scale;
-    });
+    softmax_row(ThreadWalk{(c / inner) * n * inner + c % inner, inner}, in, out, n, log, unused);
   }
 }
 
