@@ -33,6 +33,7 @@ FWD_BWD = {
     "log_softmax": lambda d: (PF.log_softmax(d["x3"], 1) * 0.1).sum(),
     "cross_entropy": lambda d: PF.cross_entropy(d["x"], d["t"], label_smoothing=0.1),
     "cross_entropy_nd": lambda d: PF.cross_entropy(d["x3"], d["t3"]),
+    "cross_entropy_grad_in_forward": lambda d: PF.cross_entropy(d["x"] * 1, d["t"], grad_in_forward=True),
     "nll_loss": lambda d: PF.nll_loss(d["x"], d["t"]),
     "mse_loss": lambda d: PF.mse_loss(d["x"], d["y"]),
     "binary_cross_entropy": lambda d: PF.binary_cross_entropy(d["p"], d["y"]),
