@@ -11,32 +11,24 @@
 namespace pyops::cpu {
 
 // The upstream gradient of element p: grad[p] for 'none', grad for 'sum', grad / denominator
-// for 'mean'. Reads the (small) upstream gradient once, in the accumulation dtype.
+// for 'mean' (upstream_scale, read once here in the accumulation dtype).
 template <typename T>
 class GradScale {
  public:
   GradScale(const at::Tensor& grad, int64_t reduction, const at::Tensor& denominator,
             int64_t numel)
-      : per_element_(reduction == kNone) {
-    if (per_element_) {
-      TORCH_CHECK(grad.numel() == numel, "grad must have one element per loss element (", num_str(numel),
-                  "), got ", shape_str(grad.sizes()));
-      grad_ = grad.to(c10::CppTypeToScalarType<T>::value).contiguous();
-      data_ = grad_.const_data_ptr<T>();
-    } else {
-      TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
-                  shape_str(grad.sizes()));
-      const double g = grad.to(at::kDouble).item<double>();
-      scalar_ = static_cast<T>(reduction == kMean ? g / denominator.item<double>() : g);
-    }
-  }
+      : scale_(upstream_scale(grad, reduction, denominator, numel,
+                              c10::CppTypeToScalarType<T>::value)),
+        per_element_(reduction == kNone),
+        data_(scale_.const_data_ptr<T>()),
+        scalar_(per_element_ ? T(0) : *data_) {}
   T operator[](int64_t p) const { return per_element_ ? data_[p] : scalar_; }
 
  private:
+  at::Tensor scale_;
   bool per_element_;
-  at::Tensor grad_;
-  const T* data_ = nullptr;
-  T scalar_ = 0;
+  const T* data_;
+  T scalar_;
 };
 
 // ---- elementwise losses ------------------------------------------------------------------------
