@@ -1,7 +1,7 @@
 """Builds pyops' compiled parts with torch.utils.cpp_extension.
 
-- pyops._C: the operator schemas (csrc/ops.cpp), the build facts and, in a CUDA build, the CUDA
-  kernels (csrc/cuda/*.cu). A CUDA build happens when torch has CUDA and nvcc is found;
+- pyops._C: the operator schemas (csrc/ops.cpp), the C++ autograd (csrc/autograd.cpp), the
+  build facts and, in a CUDA build, the CUDA kernels (csrc/cuda/*.cu). A CUDA build happens when torch has CUDA and nvcc is found;
   PYOPS_CUDA=0/1 forces either way. Architectures: TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX".
 - pyops._cpu_<isa>: every CPU kernel (csrc/cpu/*.cpp), compiled once per x86 instruction set.
   pyops loads the best one the running CPU supports, so the wheel never assumes the build
@@ -81,7 +81,7 @@ def wheel_cuda_includes():
 
 
 def core_extension(compile_flags, link_flags):
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp"]
     if not want_cuda():
         return CppExtension("pyops._C", sources, extra_compile_args={"cxx": compile_flags},
                             extra_link_args=link_flags)

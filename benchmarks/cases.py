@@ -153,7 +153,7 @@ SOFTMAXES = {
     "log_softmax": (torch.log_softmax, aten._log_softmax_backward_data, ops.log_softmax,
                     ops.log_softmax_backward),
 }
-SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1),
+SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1), ((32, 1000), -1),
                   ((256, 1024, 64), 1)]
 SOFTMAX_QUICK_SHAPES = [((256, 1024), -1), ((16, 256, 64), 1)]
 SOFTMAX_CUDA_SHAPES = [((32768, 4096), -1), ((4096, 32768), -1), ((8192, 131072), -1),
@@ -197,7 +197,7 @@ def _loss_peers(cfg, direction, torch_fn, pyops_fn, liger=None, pyops_variants=N
     return {name: _fwd_bwd(fn) for name, fn in fns.items()}
 
 
-CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256)]
+CE_SHAPES = [(8192, 1000), (4096, 4096), (1024, 32768), (256, 128256), (32, 1000)]
 CE_QUICK_SHAPES = [(64, 1000)]
 CE_CUDA_SHAPES = [(8192, 128256), (8192, 32000), (4096, 32000), (32, 1000)]
 

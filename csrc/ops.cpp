@@ -1,5 +1,6 @@
 // The one list of pyops operators. Kernels register against these schemas per backend
-// (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels and autograd live in pyops/_autograd.py.
+// (csrc/cpu/*.cpp, csrc/cuda/*.cu); autograd in csrc/autograd.cpp and pyops/_autograd.py, fake
+// kernels in pyops/_autograd.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyops, m) {

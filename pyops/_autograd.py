@@ -1,7 +1,9 @@
-"""Fake (meta) kernels and autograd for every pyops operator.
+"""Fake (meta) kernels for every pyops operator, and autograd for the elementwise losses and
+cross_entropy(grad_in_forward=True).
 
-Every backward is written with differentiable ops (pyops backward ops, which have autograd of
-their own here, or plain torch ops), so double backward works throughout.
+The activations, softmax family, cross_entropy and nll_loss have their autograd in C++
+(csrc/autograd.cpp). Every backward is written with differentiable ops, so double backward
+works throughout.
 """
 
 import torch
@@ -29,14 +31,6 @@ def _fake_like(x):
     return torch.empty_like(x)
 
 
-def _save_output(ctx, inputs, output):
-    ctx.save_for_backward(output)
-
-
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
 # ---- activations --------------------------------------------------------------------------
 
 for _name in ("sigmoid", "tanh", "relu"):
@@ -52,113 +46,12 @@ for _name in ("sigmoid_backward", "tanh_backward", "relu_backward"):
     register_fake(_name)(lambda grad, out: torch.empty_like(out))
 
 
-def _activation_backward(backward_op):
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return backward_op(grad, out)
-
-    return backward
-
-
-torch.library.register_autograd(
-    "pyops::sigmoid", _activation_backward(ops.sigmoid_backward), setup_context=_save_output)
-torch.library.register_autograd(
-    "pyops::tanh", _activation_backward(ops.tanh_backward), setup_context=_save_output)
-torch.library.register_autograd(
-    "pyops::relu", _activation_backward(ops.relu_backward), setup_context=_save_output)
-
-
-# Second order. For grad_in = g * f'(y): d/dg is the same backward op applied to the incoming
-# gradient; d/dy differentiates f'(y) written in terms of y.
-def _sigmoid_backward_backward(ctx, gg):
-    grad, out = ctx.saved_tensors
-    d_grad = ops.sigmoid_backward(gg, out) if ctx.needs_input_grad[0] else None
-    d_out = gg * grad * (1 - 2 * out) if ctx.needs_input_grad[1] else None
-    return d_grad, d_out
-
-
-def _tanh_backward_backward(ctx, gg):
-    grad, out = ctx.saved_tensors
-    d_grad = ops.tanh_backward(gg, out) if ctx.needs_input_grad[0] else None
-    d_out = -2 * gg * grad * out if ctx.needs_input_grad[1] else None
-    return d_grad, d_out
-
-
-def _relu_backward_backward(ctx, gg):
-    grad, out = ctx.saved_tensors
-    d_grad = ops.relu_backward(gg, out) if ctx.needs_input_grad[0] else None
-    return d_grad, None  # piecewise constant in out
-
-
-torch.library.register_autograd(
-    "pyops::sigmoid_backward", _sigmoid_backward_backward, setup_context=_save_inputs)
-torch.library.register_autograd(
-    "pyops::tanh_backward", _tanh_backward_backward, setup_context=_save_inputs)
-torch.library.register_autograd(
-    "pyops::relu_backward", _relu_backward_backward, setup_context=_save_inputs)
-
-
 # ---- softmax, log_softmax -----------------------------------------------------------------
 
 for _name in ("softmax", "log_softmax"):
     register_fake(_name)(lambda x, dim: _fake_like(x))
 for _name in ("softmax_backward", "log_softmax_backward"):
     register_fake(_name)(lambda grad, out, dim: torch.empty_like(out))
-
-
-def _save_output_and_dim(ctx, inputs, output):
-    ctx.save_for_backward(output)
-    ctx.dim = inputs[1]
-
-
-def _save_tensors_and_dim(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:-1])
-    ctx.dim = inputs[-1]
-
-
-def _softmax_family_backward(backward_op):
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return backward_op(grad, out, ctx.dim), None
-
-    return backward
-
-
-torch.library.register_autograd(
-    "pyops::softmax", _softmax_family_backward(ops.softmax_backward),
-    setup_context=_save_output_and_dim)
-torch.library.register_autograd(
-    "pyops::log_softmax", _softmax_family_backward(ops.log_softmax_backward),
-    setup_context=_save_output_and_dim)
-
-
-# softmax_backward(g, y) = y * (g - s), s = sum(g * y) over dim.
-def _softmax_backward_backward(ctx, gg):
-    grad, out = ctx.saved_tensors
-    dim = ctx.dim
-    d_grad = ops.softmax_backward(gg, out, dim) if ctx.needs_input_grad[0] else None
-    d_out = None
-    if ctx.needs_input_grad[1]:
-        s = (grad * out).sum(dim, keepdim=True)
-        d_out = gg * (grad - s) - grad * (gg * out).sum(dim, keepdim=True)
-    return d_grad, d_out, None
-
-
-# log_softmax_backward(g, y) = g - exp(y) * sum(g) over dim.
-def _log_softmax_backward_backward(ctx, gg):
-    grad, out = ctx.saved_tensors
-    dim = ctx.dim
-    probs = out.exp()
-    d_grad = gg - (gg * probs).sum(dim, keepdim=True) if ctx.needs_input_grad[0] else None
-    d_out = -gg * probs * grad.sum(dim, keepdim=True) if ctx.needs_input_grad[1] else None
-    return d_grad, d_out, None
-
-
-torch.library.register_autograd(
-    "pyops::softmax_backward", _softmax_backward_backward, setup_context=_save_tensors_and_dim)
-torch.library.register_autograd(
-    "pyops::log_softmax_backward", _log_softmax_backward_backward,
-    setup_context=_save_tensors_and_dim)
 
 
 # ---- losses: shared helpers ---------------------------------------------------------------
@@ -184,34 +77,9 @@ def _loss_shape(input, reduction):
     return _position_shape(input) if reduction == REDUCTION_NONE else []
 
 
-def _broadcast_weight(weight, input):
-    """weight (or ones) shaped to broadcast along input's class dim."""
-    shape = [1] * input.dim()
-    shape[_class_dim(input)] = input.shape[_class_dim(input)]
-    if weight is None:
-        return torch.ones(shape, dtype=input.dtype, device=input.device)
-    return weight.view(shape)
-
-
-def _target_weights(target, weight, ignore_index, dtype):
-    """Per-position weight of the target class, 0 where ignored; and the valid mask."""
-    valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    w = weight[safe] if weight is not None else torch.ones(target.shape, dtype=dtype,
-                                                          device=target.device)
-    return torch.where(valid, w.to(dtype), torch.zeros((), dtype=dtype, device=target.device)), valid
-
-
 def _element_scale(grad, reduction, denominator):
     """The upstream gradient of each loss element: grad itself, or grad / denominator for mean."""
     return grad / denominator if reduction == REDUCTION_MEAN else grad
-
-
-def _position_scale(grad, reduction, denominator, input):
-    """The upstream gradient per position, shaped to broadcast along the class dim."""
-    if reduction == REDUCTION_NONE:
-        return grad.unsqueeze(_class_dim(input))
-    return _element_scale(grad, reduction, denominator)
 
 
 def _reduce_positions(values, reduction, denominator):
@@ -233,78 +101,6 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing):
 @register_fake("cross_entropy_backward")
 def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse):
     return torch.empty_like(input)
-
-
-def _ce_setup(ctx, inputs, output):
-    input, target, weight, reduction, ignore_index, label_smoothing = inputs
-    ctx.save_for_backward(input, target, weight, output[1])
-    ctx.args = (reduction, ignore_index, label_smoothing)
-    ctx.mark_non_differentiable(output[1])
-
-
-def _ce_backward(ctx, grad_loss, grad_lse):
-    input, target, weight, lse = ctx.saved_tensors
-    reduction, ignore_index, smoothing = ctx.args
-    grad_input = grad_target = None
-    if ctx.needs_input_grad[0]:
-        grad_input = ops.cross_entropy_backward(grad_loss, input, target, weight, reduction,
-                                                ignore_index, smoothing, lse)
-    if ctx.needs_input_grad[1]:  # probability targets: d loss / d q = -(1 - eps) w log p
-        wide = input.to(_acc_dtype(input.dtype))  # in float32 for half types, as the kernels
-        denominator = input.numel() // max(input.shape[_class_dim(input)], 1)
-        scale = _position_scale(grad_loss.to(wide.dtype), reduction, denominator, input)
-        log_p = ops.log_softmax(wide, _class_dim(input))
-        weight_b = _broadcast_weight(None if weight is None else weight.to(wide.dtype), wide)
-        grad_target = (-(1 - smoothing) * weight_b * log_p * scale).to(target.dtype)
-    return grad_input, grad_target, None, None, None, None
-
-
-torch.library.register_autograd("pyops::cross_entropy", _ce_backward, setup_context=_ce_setup)
-
-
-def _ce_backward_setup(ctx, inputs, output):
-    grad, input, target, weight, reduction, ignore_index, label_smoothing, lse = inputs
-    ctx.save_for_backward(grad, input, target, weight)
-    ctx.args = (reduction, ignore_index, label_smoothing)
-
-
-def _ce_backward_backward(ctx, gg):
-    """Second order, in differentiable torch and pyops ops (slower than the fused kernels)."""
-    grad, input, target, weight = ctx.saved_tensors
-    reduction, ignore_index, eps = ctx.args
-    dim = _class_dim(input)
-    classes = input.shape[dim]
-    probs = ops.softmax(input, dim)
-    w = _broadcast_weight(weight, input)
-    d_target = None
-    if target.is_floating_point():
-        denominator = input.numel() // max(classes, 1)
-        s = _position_scale(grad, reduction, denominator, input)
-        wq = w * (target * (1 - eps) + eps / classes)
-        a = wq.sum(dim, keepdim=True)
-        m = probs * a - wq
-        if ctx.needs_input_grad[2]:
-            d_target = s * (1 - eps) * w * ((gg * probs).sum(dim, keepdim=True) - gg)
-    else:
-        w_t, valid = _target_weights(target, weight, ignore_index, input.dtype)
-        denominator = w_t.sum()
-        s = _position_scale(grad, reduction, denominator, input)
-        a = ((1 - eps) * w_t + eps / classes * w.sum()).unsqueeze(dim)
-        safe = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(dim)
-        one_hot = torch.zeros_like(input).scatter(dim, safe, 1.0)
-        m = (probs * a - eps / classes * w - (1 - eps) * w_t.unsqueeze(dim) * one_hot)
-        m = m * valid.unsqueeze(dim)
-        a = a * valid.unsqueeze(dim)
-    d_grad = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad = _reduce_positions((gg * m).sum(dim), reduction, denominator)
-    if ctx.needs_input_grad[1]:
-        d_input = s * a * ops.softmax_backward(gg, probs, dim)
-    return d_grad, d_input, d_target, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pyops::cross_entropy_backward", _ce_backward_backward, setup_context=_ce_backward_setup)
 
 
 # ---- cross_entropy with the gradient computed in the forward ---------------------------------
@@ -357,38 +153,6 @@ def _(input, target, weight, reduction, ignore_index):
 @register_fake("nll_loss_backward")
 def _(grad, input, target, weight, reduction, ignore_index):
     return torch.empty_like(input)
-
-
-def _nll_setup(ctx, inputs, output):
-    input, target, weight, reduction, ignore_index = inputs
-    ctx.save_for_backward(input, target, weight)
-    ctx.args = (reduction, ignore_index)
-
-
-def _nll_backward(ctx, grad):
-    input, target, weight = ctx.saved_tensors
-    grad_input = ops.nll_loss_backward(grad, input, target, weight, *ctx.args)
-    return grad_input, None, None, None, None
-
-
-torch.library.register_autograd("pyops::nll_loss", _nll_backward, setup_context=_nll_setup)
-
-
-def _nll_backward_setup(ctx, inputs, output):
-    grad, input, target, weight, reduction, ignore_index = inputs
-    ctx.save_for_backward(target, weight)
-    ctx.args = (reduction, ignore_index)
-
-
-def _nll_backward_backward(ctx, gg):
-    # nll_loss_backward is linear in grad and constant in input: its adjoint is nll_loss itself.
-    target, weight = ctx.saved_tensors
-    d_grad = ops.nll_loss(gg, target, weight, *ctx.args) if ctx.needs_input_grad[0] else None
-    return d_grad, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "pyops::nll_loss_backward", _nll_backward_backward, setup_context=_nll_backward_setup)
 
 
 # ---- the lesson's other losses ----------------------------------------------------------------

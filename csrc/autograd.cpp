@@ -1,0 +1,458 @@
+// Autograd of the activations, the softmax family, cross_entropy and nll_loss, as C++
+// autograd::Functions on the Autograd key: small, launch-bound calls then cost the dispatcher's
+// overhead only, not the Python autograd layer's (3-7 us per op, more than a small op's kernels).
+// Every backward is written in differentiable ops (the pyops backward ops have autograd of their
+// own here), so double backward works. The elementwise losses and the fake kernels stay in
+// pyops/_autograd.py: their higher derivatives differentiate torch-op expressions in Python.
+#include "loss_inputs.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace pyops {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::Function;
+using torch::autograd::variable_list;
+
+// pyops::<kName> through the dispatcher, looked up once.
+template <const char* kName, typename Signature>
+const c10::TypedOperatorHandle<Signature>& op() {
+  static const auto handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<Signature>();
+  return handle;
+}
+
+// The kernel below autograd: what a Function's forward computes.
+template <const char* kName, typename Signature, typename... Args>
+decltype(auto) below_autograd(Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op<kName, Signature>().call(std::forward<Args>(args)...);
+}
+
+bool any_requires_grad(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+// Apply the Function only when autograd records it: a call without grad skips building a node.
+bool records_grad(std::initializer_list<const Tensor*> tensors) {
+  return at::GradMode::is_enabled() && any_requires_grad(tensors);
+}
+
+Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_variables()[i]; }
+
+using Binary = Tensor(const Tensor&, const Tensor&);
+using WithDim = Tensor(const Tensor&, int64_t);
+using BinaryWithDim = Tensor(const Tensor&, const Tensor&, int64_t);
+
+// ---- activations ------------------------------------------------------------------------
+
+constexpr char kSigmoid[] = "pyops::sigmoid";
+constexpr char kSigmoidBackward[] = "pyops::sigmoid_backward";
+constexpr char kTanh[] = "pyops::tanh";
+constexpr char kTanhBackward[] = "pyops::tanh_backward";
+constexpr char kRelu[] = "pyops::relu";
+constexpr char kReluBackward[] = "pyops::relu_backward";
+
+// y = f(x) or f(x, dim); the backward op takes the saved output: (grad, y) or (grad, y, dim).
+template <const char* kForward, const char* kBackward, typename... Dim>
+struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, Dim... dim) {
+    auto out = below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
+    ctx->save_for_backward({out});
+    ((ctx->saved_data["dim"] = dim), ...);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list result(1 + sizeof...(Dim));  // nothing for dim
+    result[0] = op<kBackward, Tensor(const Tensor&, const Tensor&, Dim...)>().call(
+        grads[0], saved(ctx, 0), ctx->saved_data["dim"].to<Dim>()...);
+    return result;
+  }
+};
+
+template <const char* kForward, const char* kBackward, typename... Dim>
+Tensor saves_output_autograd(const Tensor& x, Dim... dim) {
+  if (!records_grad({&x})) return below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
+  return SavesOutput<kForward, kBackward, Dim...>::apply(x, dim...);
+}
+
+// grad_in = g * f'(y): d/dg is the same backward op applied to the incoming gradient; d/dy
+// differentiates f'(y) written in terms of y (undefined where f' is piecewise constant).
+using OutputDerivative = Tensor (*)(const Tensor& gg, const Tensor& grad, const Tensor& out);
+
+Tensor sigmoid_second(const Tensor& gg, const Tensor& grad, const Tensor& out) {
+  return gg * grad * (1 - 2 * out);
+}
+
+Tensor tanh_second(const Tensor& gg, const Tensor& grad, const Tensor& out) {
+  return -2 * gg * grad * out;
+}
+
+template <const char* kBackward, OutputDerivative kSecond>
+struct ActivationBackward : Function<ActivationBackward<kBackward, kSecond>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& out) {
+    ctx->save_for_backward({grad, out});
+    return below_autograd<kBackward, Binary>(grad, out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& gg = grads[0];
+    const auto grad = saved(ctx, 0), out = saved(ctx, 1);
+    Tensor d_grad, d_out;
+    if (ctx->needs_input_grad(0)) d_grad = op<kBackward, Binary>().call(gg, out);
+    if constexpr (kSecond != nullptr) {
+      if (ctx->needs_input_grad(1)) d_out = kSecond(gg, grad, out);
+    }
+    return {d_grad, d_out};
+  }
+};
+
+template <const char* kBackward, OutputDerivative kSecond>
+Tensor activation_backward_autograd(const Tensor& grad, const Tensor& out) {
+  if (!records_grad({&grad, &out})) return below_autograd<kBackward, Binary>(grad, out);
+  return ActivationBackward<kBackward, kSecond>::apply(grad, out);
+}
+
+// ---- softmax, log_softmax ---------------------------------------------------------------
+
+constexpr char kSoftmax[] = "pyops::softmax";
+constexpr char kSoftmaxBackward[] = "pyops::softmax_backward";
+constexpr char kLogSoftmax[] = "pyops::log_softmax";
+constexpr char kLogSoftmaxBackward[] = "pyops::log_softmax_backward";
+
+// softmax_backward(g, y) = y * (g - s), s = sum(g * y) over dim.
+variable_list softmax_second(AutogradContext* ctx, const Tensor& gg, const Tensor& grad,
+                             const Tensor& out, int64_t dim) {
+  Tensor d_grad, d_out;
+  if (ctx->needs_input_grad(0)) d_grad = op<kSoftmaxBackward, BinaryWithDim>().call(gg, out, dim);
+  if (ctx->needs_input_grad(1)) {
+    const auto s = (grad * out).sum(dim, /*keepdim=*/true);
+    d_out = gg * (grad - s) - grad * (gg * out).sum(dim, /*keepdim=*/true);
+  }
+  return {d_grad, d_out, Tensor()};
+}
+
+// log_softmax_backward(g, y) = g - exp(y) * sum(g) over dim.
+variable_list log_softmax_second(AutogradContext* ctx, const Tensor& gg, const Tensor& grad,
+                                 const Tensor& out, int64_t dim) {
+  const auto probs = out.exp();
+  Tensor d_grad, d_out;
+  if (ctx->needs_input_grad(0)) d_grad = gg - (gg * probs).sum(dim, /*keepdim=*/true);
+  if (ctx->needs_input_grad(1)) d_out = -gg * probs * grad.sum(dim, /*keepdim=*/true);
+  return {d_grad, d_out, Tensor()};
+}
+
+using SoftmaxSecond = variable_list (*)(AutogradContext*, const Tensor&, const Tensor&,
+                                        const Tensor&, int64_t);
+
+template <const char* kBackward, SoftmaxSecond kSecond>
+struct SoftmaxFamilyBackward : Function<SoftmaxFamilyBackward<kBackward, kSecond>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& out, int64_t dim) {
+    ctx->save_for_backward({grad, out});
+    ctx->saved_data["dim"] = dim;
+    return below_autograd<kBackward, BinaryWithDim>(grad, out, dim);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return kSecond(ctx, grads[0], saved(ctx, 0), saved(ctx, 1), ctx->saved_data["dim"].toInt());
+  }
+};
+
+template <const char* kBackward, SoftmaxSecond kSecond>
+Tensor softmax_family_backward_autograd(const Tensor& grad, const Tensor& out, int64_t dim) {
+  if (!records_grad({&grad, &out})) return below_autograd<kBackward, BinaryWithDim>(grad, out, dim);
+  return SoftmaxFamilyBackward<kBackward, kSecond>::apply(grad, out, dim);
+}
+
+// ---- cross_entropy, nll_loss: shared helpers ----------------------------------------------
+
+constexpr char kCrossEntropy[] = "pyops::cross_entropy";
+constexpr char kCrossEntropyBackward[] = "pyops::cross_entropy_backward";
+constexpr char kNllLoss[] = "pyops::nll_loss";
+constexpr char kNllLossBackward[] = "pyops::nll_loss_backward";
+
+using OptionalTensor = std::optional<Tensor>;
+using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                   const OptionalTensor&, int64_t, int64_t,
+                                                   double);
+using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                       const OptionalTensor&, int64_t, int64_t, double,
+                                       const Tensor&);
+using NllLossSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t, int64_t);
+using NllLossBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                  const OptionalTensor&, int64_t, int64_t);
+
+int64_t class_dim_of(const Tensor& input) { return input.dim() == 1 ? 0 : 1; }
+
+OptionalTensor optional(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+// Loss arguments that are not tensors, kept in the context.
+void save_loss_args(AutogradContext* ctx, int64_t reduction, int64_t ignore_index) {
+  ctx->saved_data["reduction"] = reduction;
+  ctx->saved_data["ignore_index"] = ignore_index;
+}
+
+int64_t saved_int(AutogradContext* ctx, const char* key) { return ctx->saved_data[key].toInt(); }
+
+// A size as a number: under torch.compile a dynamic size is specialised here.
+int64_t concrete_size(const Tensor& t, int64_t dim) {
+  return t.sym_size(dim).guard_int(__FILE__, __LINE__);
+}
+
+// The number of loss positions: input's elements outside the class dim.
+int64_t positions_of(const Tensor& input) {
+  int64_t positions = 1;
+  for (int64_t d = 0; d < input.dim(); ++d) {
+    if (d != class_dim_of(input)) positions *= concrete_size(input, d);
+  }
+  return positions;
+}
+
+// weight (or ones) shaped to broadcast along input's class dim.
+Tensor broadcast_weight(const Tensor& weight, const Tensor& input) {
+  std::vector<c10::SymInt> shape(input.dim(), 1);
+  const auto dim = class_dim_of(input);
+  shape[dim] = input.sym_size(dim);
+  if (!weight.defined()) return at::ones_symint(shape, input.options());
+  return weight.view_symint(shape);
+}
+
+// The upstream gradient per position, shaped to broadcast along the class dim. The 'mean'
+// denominator is a count (a Scalar) or summed target weights (a 0-dim tensor).
+template <typename Denominator>
+Tensor position_scale(const Tensor& grad, int64_t reduction, const Denominator& denominator,
+                      const Tensor& input) {
+  if (reduction == kNone) return grad.unsqueeze(class_dim_of(input));
+  return reduction == kMean ? grad / denominator : grad;
+}
+
+template <typename Denominator>
+Tensor reduce_positions(const Tensor& values, int64_t reduction, const Denominator& denominator) {
+  if (reduction == kNone) return values;
+  const auto total = values.sum();
+  return reduction == kMean ? total / denominator : total;
+}
+
+// ---- cross_entropy ------------------------------------------------------------------------
+
+struct CrossEntropy : Function<CrossEntropy> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                               const OptionalTensor& weight, int64_t reduction,
+                               int64_t ignore_index, double label_smoothing) {
+    auto [loss, lse] = below_autograd<kCrossEntropy, CrossEntropySig>(
+        input, target, weight, reduction, ignore_index, label_smoothing);
+    ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
+    save_loss_args(ctx, reduction, ignore_index);
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);  // lse gets no gradient: no zeros for it
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto input = saved(ctx, 0), target = saved(ctx, 1), weight = saved(ctx, 2);
+    const auto reduction = saved_int(ctx, "reduction");
+    const double smoothing = ctx->saved_data["label_smoothing"].toDouble();
+    const auto& grad_loss = grads[0];
+    Tensor grad_input, grad_target;
+    if (!grad_loss.defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    if (ctx->needs_input_grad(0)) {
+      grad_input = op<kCrossEntropyBackward, CrossEntropyBackwardSig>().call(
+          grad_loss, input, target, optional(weight), reduction, saved_int(ctx, "ignore_index"),
+          smoothing, saved(ctx, 3));
+    }
+    if (ctx->needs_input_grad(1)) {  // probability targets: d loss / d q = -(1 - eps) w log p
+      const auto wide = input.to(acc_dtype(input.scalar_type()));  // as the kernels compute
+      const auto dim = class_dim_of(input);
+      const auto scale = position_scale(grad_loss.to(wide.scalar_type()), reduction,
+                                        c10::Scalar(positions_of(input)), input);
+      const auto log_p = op<kLogSoftmax, WithDim>().call(wide, dim);
+      const auto w = broadcast_weight(weight.defined() ? weight.to(wide.scalar_type()) : weight, wide);
+      grad_target = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
+    }
+    return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// Per-position weight of the target class, 0 where ignored; and the mask of the others.
+std::pair<Tensor, Tensor> target_weights(const Tensor& target, const Tensor& weight,
+                                         int64_t ignore_index, const Tensor& like) {
+  const auto valid = target != ignore_index;
+  const auto safe = at::where(valid, target, at::zeros_like(target));
+  const auto w = weight.defined() ? weight.index({safe}).to(like.scalar_type())
+                                  : at::ones_like(target, like.options());
+  return {at::where(valid, w, at::zeros({}, like.options())), valid};
+}
+
+// Second order, in differentiable torch and pyops ops (slower than the fused kernels).
+struct CrossEntropyBackward : Function<CrossEntropyBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
+                        const Tensor& target, const OptionalTensor& weight, int64_t reduction,
+                        int64_t ignore_index, double label_smoothing, const Tensor& lse) {
+    ctx->save_for_backward({grad, input, target, weight.value_or(Tensor())});
+    save_loss_args(ctx, reduction, ignore_index);
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    return below_autograd<kCrossEntropyBackward, CrossEntropyBackwardSig>(
+        grad, input, target, weight, reduction, ignore_index, label_smoothing, lse);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& gg = grads[0];
+    const auto grad = saved(ctx, 0), input = saved(ctx, 1), target = saved(ctx, 2),
+               weight = saved(ctx, 3);
+    const auto reduction = saved_int(ctx, "reduction");
+    const double eps = ctx->saved_data["label_smoothing"].toDouble();
+    const auto dim = class_dim_of(input);
+    const double eps_c = eps / static_cast<double>(concrete_size(input, dim));
+    const auto probs = op<kSoftmax, WithDim>().call(input, dim);
+    const auto w = broadcast_weight(weight, input);
+    Tensor s, a, d_grad, d_target;
+    // d_grad = reduced sum of gg * m over each position, m the second factor of the gradient.
+    const auto positions_reduced = [&](const Tensor& m, const auto& denominator) {
+      return reduce_positions((gg * m).sum(dim), reduction, denominator);
+    };
+    if (target.is_floating_point()) {
+      const c10::Scalar positions(positions_of(input));
+      s = position_scale(grad, reduction, positions, input);
+      const auto wq = w * (target * (1 - eps) + eps_c);
+      a = wq.sum(dim, /*keepdim=*/true);
+      if (ctx->needs_input_grad(0)) d_grad = positions_reduced(probs * a - wq, positions);
+      if (ctx->needs_input_grad(2)) {
+        d_target = s * (1 - eps) * w * ((gg * probs).sum(dim, /*keepdim=*/true) - gg);
+      }
+    } else {
+      const auto [w_t, valid] = target_weights(target, weight, saved_int(ctx, "ignore_index"), input);
+      const auto denominator = w_t.sum();
+      s = position_scale(grad, reduction, denominator, input);
+      const auto valid_b = valid.unsqueeze(dim);
+      a = ((1 - eps) * w_t + eps_c * w.sum()).unsqueeze(dim);
+      if (ctx->needs_input_grad(0)) {
+        const auto safe = at::where(valid, target, at::zeros_like(target)).unsqueeze(dim);
+        const auto one_hot = at::zeros_like(input).scatter(dim, safe, 1.0);
+        const auto m = (probs * a - eps_c * w - (1 - eps) * w_t.unsqueeze(dim) * one_hot) * valid_b;
+        d_grad = positions_reduced(m, denominator);
+      }
+      a = a * valid_b;
+    }
+    Tensor d_input;
+    if (ctx->needs_input_grad(1)) {
+      d_input = s * a * op<kSoftmaxBackward, BinaryWithDim>().call(gg, probs, dim);
+    }
+    return {d_grad, d_input, d_target, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> cross_entropy_autograd(const Tensor& input, const Tensor& target,
+                                                  const OptionalTensor& weight, int64_t reduction,
+                                                  int64_t ignore_index, double label_smoothing) {
+  const Tensor w = weight.value_or(Tensor());
+  if (!records_grad({&input, &target, &w})) {
+    return below_autograd<kCrossEntropy, CrossEntropySig>(input, target, weight, reduction,
+                                                          ignore_index, label_smoothing);
+  }
+  auto outputs = CrossEntropy::apply(input, target, weight, reduction, ignore_index, label_smoothing);
+  return {outputs[0], outputs[1]};
+}
+
+Tensor cross_entropy_backward_autograd(const Tensor& grad, const Tensor& input,
+                                       const Tensor& target, const OptionalTensor& weight,
+                                       int64_t reduction, int64_t ignore_index,
+                                       double label_smoothing, const Tensor& lse) {
+  const Tensor w = weight.value_or(Tensor());
+  if (!records_grad({&grad, &input, &target, &w})) {
+    return below_autograd<kCrossEntropyBackward, CrossEntropyBackwardSig>(
+        grad, input, target, weight, reduction, ignore_index, label_smoothing, lse);
+  }
+  return CrossEntropyBackward::apply(grad, input, target, weight, reduction, ignore_index,
+                                     label_smoothing, lse);
+}
+
+// ---- nll_loss -------------------------------------------------------------------------------
+
+struct NllLoss : Function<NllLoss> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                        const OptionalTensor& weight, int64_t reduction, int64_t ignore_index) {
+    ctx->save_for_backward({input, target, weight.value_or(Tensor())});
+    save_loss_args(ctx, reduction, ignore_index);
+    return below_autograd<kNllLoss, NllLossSig>(input, target, weight, reduction, ignore_index);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto grad_input = op<kNllLossBackward, NllLossBackwardSig>().call(
+        grads[0], saved(ctx, 0), saved(ctx, 1), optional(saved(ctx, 2)),
+        saved_int(ctx, "reduction"), saved_int(ctx, "ignore_index"));
+    return {grad_input, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// nll_loss_backward is linear in grad and constant in input: its adjoint is nll_loss itself.
+struct NllLossBackward : Function<NllLossBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
+                        const Tensor& target, const OptionalTensor& weight, int64_t reduction,
+                        int64_t ignore_index) {
+    ctx->save_for_backward({target, weight.value_or(Tensor())});
+    save_loss_args(ctx, reduction, ignore_index);
+    return below_autograd<kNllLossBackward, NllLossBackwardSig>(grad, input, target, weight,
+                                                                reduction, ignore_index);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor d_grad;
+    if (ctx->needs_input_grad(0)) {
+      d_grad = op<kNllLoss, NllLossSig>().call(grads[0], saved(ctx, 0), optional(saved(ctx, 1)),
+                                                saved_int(ctx, "reduction"),
+                                                saved_int(ctx, "ignore_index"));
+    }
+    return {d_grad, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor nll_loss_autograd(const Tensor& input, const Tensor& target, const OptionalTensor& weight,
+                         int64_t reduction, int64_t ignore_index) {
+  const Tensor w = weight.value_or(Tensor());
+  if (!records_grad({&input, &target, &w})) {
+    return below_autograd<kNllLoss, NllLossSig>(input, target, weight, reduction, ignore_index);
+  }
+  return NllLoss::apply(input, target, weight, reduction, ignore_index);
+}
+
+Tensor nll_loss_backward_autograd(const Tensor& grad, const Tensor& input, const Tensor& target,
+                                  const OptionalTensor& weight, int64_t reduction,
+                                  int64_t ignore_index) {
+  const Tensor w = weight.value_or(Tensor());
+  if (!records_grad({&grad, &input, &target, &w})) {
+    return below_autograd<kNllLossBackward, NllLossBackwardSig>(grad, input, target, weight,
+                                                                reduction, ignore_index);
+  }
+  return NllLossBackward::apply(grad, input, target, weight, reduction, ignore_index);
+}
+
+}  // namespace
+}  // namespace pyops
+
+TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
+  using namespace pyops;
+  m.impl("sigmoid", &saves_output_autograd<kSigmoid, kSigmoidBackward>);
+  m.impl("tanh", &saves_output_autograd<kTanh, kTanhBackward>);
+  m.impl("relu", &saves_output_autograd<kRelu, kReluBackward>);
+  m.impl("sigmoid_backward", &activation_backward_autograd<kSigmoidBackward, sigmoid_second>);
+  m.impl("tanh_backward", &activation_backward_autograd<kTanhBackward, tanh_second>);
+  m.impl("relu_backward", &activation_backward_autograd<kReluBackward, nullptr>);
+  m.impl("softmax", &saves_output_autograd<kSoftmax, kSoftmaxBackward, int64_t>);
+  m.impl("log_softmax", &saves_output_autograd<kLogSoftmax, kLogSoftmaxBackward, int64_t>);
+  m.impl("softmax_backward", &softmax_family_backward_autograd<kSoftmaxBackward, softmax_second>);
+  m.impl("log_softmax_backward",
+         &softmax_family_backward_autograd<kLogSoftmaxBackward, log_softmax_second>);
+  m.impl("cross_entropy", &cross_entropy_autograd);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_autograd);
+  m.impl("nll_loss", &nll_loss_autograd);
+  m.impl("nll_loss_backward", &nll_loss_backward_autograd);
+}
