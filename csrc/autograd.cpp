@@ -80,7 +80,9 @@ struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
 
 template <const char* kForward, const char* kBackward, typename... Dim>
 Tensor saves_output_autograd(const Tensor& x, Dim... dim) {
-  if (!records_grad({&x})) return below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
+  if (!records_grad({&x})) {
+    return below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
+  }
   return SavesOutput<kForward, kBackward, Dim...>::apply(x, dim...);
 }
 
@@ -275,7 +277,8 @@ struct CrossEntropy : Function<CrossEntropy> {
       const auto scale = position_scale(grad_loss.to(wide.scalar_type()), reduction,
                                         c10::Scalar(positions_of(input)), input);
       const auto log_p = op<kLogSoftmax, WithDim>().call(wide, dim);
-      const auto w = broadcast_weight(weight.defined() ? weight.to(wide.scalar_type()) : weight, wide);
+      const auto w =
+          broadcast_weight(weight.defined() ? weight.to(wide.scalar_type()) : weight, wide);
       grad_target = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
     }
     return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
@@ -329,7 +332,8 @@ struct CrossEntropyBackward : Function<CrossEntropyBackward> {
         d_target = s * (1 - eps) * w * ((gg * probs).sum(dim, /*keepdim=*/true) - gg);
       }
     } else {
-      const auto [w_t, valid] = target_weights(target, weight, saved_int(ctx, "ignore_index"), input);
+      const auto [w_t, valid] =
+          target_weights(target, weight, saved_int(ctx, "ignore_index"), input);
       const auto denominator = w_t.sum();
       s = position_scale(grad, reduction, denominator, input);
       const auto valid_b = valid.unsqueeze(dim);
@@ -358,7 +362,8 @@ std::tuple<Tensor, Tensor> cross_entropy_autograd(const Tensor& input, const Ten
     return below_autograd<kCrossEntropy, CrossEntropySig>(input, target, weight, reduction,
                                                           ignore_index, label_smoothing);
   }
-  auto outputs = CrossEntropy::apply(input, target, weight, reduction, ignore_index, label_smoothing);
+  auto outputs =
+      CrossEntropy::apply(input, target, weight, reduction, ignore_index, label_smoothing);
   return {outputs[0], outputs[1]};
 }
 

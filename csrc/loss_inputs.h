@@ -28,18 +28,24 @@ inline at::Tensor reduce_losses(const at::Tensor& losses, int64_t reduction,
   return (reduction == kSum ? total : total / denominator.to(at::kDouble)).to(dtype);
 }
 
+// grad has one element per loss element ('none') or one in all.
+inline void check_upstream_grad(const at::Tensor& grad, int64_t reduction, int64_t positions) {
+  if (reduction == kNone) {
+    TORCH_CHECK(grad.numel() == positions, "grad must have one element per loss element (",
+                num_str(positions), "), got ", shape_str(grad.sizes()));
+  } else {
+    TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
+                shape_str(grad.sizes()));
+  }
+}
+
 // The upstream gradient of a loss per loss element ('none') or as one 0-dim tensor, in the
 // accumulation dtype: grad, or grad / denominator for 'mean'. Stays on grad's device.
 inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
                                  const at::Tensor& denominator, int64_t positions,
                                  at::ScalarType acc) {
-  if (reduction == kNone) {
-    TORCH_CHECK(grad.numel() == positions, "grad must have one element per loss element (",
-                num_str(positions), "), got ", shape_str(grad.sizes()));
-    return grad.to(acc).contiguous();
-  }
-  TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
-              shape_str(grad.sizes()));
+  check_upstream_grad(grad, reduction, positions);
+  if (reduction == kNone) return grad.to(acc).contiguous();
   const auto g = grad.reshape({}).to(at::kDouble);
   return (reduction == kMean ? g / denominator : g).to(acc);
 }
@@ -111,9 +117,12 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
 
 // The 'mean' denominator of probability targets: the number of positions, or 0 (so NaN, as
 // torch) when the input has no elements at all.
+inline double soft_denominator_value(const Prepared& p) {
+  return p.input.numel() == 0 ? 0.0 : static_cast<double>(p.shape.outer * p.shape.inner);
+}
+
 inline at::Tensor soft_denominator(const Prepared& p) {
-  const double positions = p.input.numel() == 0 ? 0.0 : static_cast<double>(p.shape.outer * p.shape.inner);
-  return at::scalar_tensor(positions, at::kDouble);
+  return at::scalar_tensor(soft_denominator_value(p), at::kDouble);
 }
 
 // The cross-entropy output from per-position losses and, with label smoothing on class targets,

@@ -60,8 +60,7 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
                 shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
     g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
   } else {
-    TORCH_CHECK(grad.numel() == 1, "grad of a reduced loss must have one element, got ",
-                shape_str(grad.sizes()));
+    check_upstream_grad(grad, reduction, e.x.numel());
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
     auto ops = operands<scalar_t>(e);

@@ -9,7 +9,9 @@
 //
 // No host synchronisation: a target out of range trips a device-side assert, as in torch, and
 // the 'mean' denominator (the summed weights of the targets) stays on the device. Reductions go
-// through ATen's sum over per-position values, so the same input gives the same bits.
+// through ATen's sum over per-position values, so the same input gives the same bits. A reduced
+// loss takes three launches (the pass, one sum of its per-position values, one finishing
+// thread) and its backward two to four: small, launch-bound shapes pay for little else.
 #include "row_walk.cuh"
 #include "../loss_inputs.h"
 
@@ -51,6 +53,7 @@ template <typename T>
 struct ForwardOut {
   T* loss;
   T* smooth;  // nullptr unless class targets and label smoothing
+  T* weight;  // class targets: w_t, 0 where ignored (the 'mean' denominator's terms)
   T* lse;
 };
 
@@ -121,7 +124,10 @@ __device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const s
       gap = walk.sum(gap, shared);
       if (walk.leader()) out.smooth[p] = ignored ? T(0) : gap + a.total_weight() * log_sum;
     }
-    if (walk.leader()) out.loss[p] = ignored ? T(0) : a.w(target) * ((max - x_t) + log_sum);
+    if (walk.leader()) {
+      out.loss[p] = ignored ? T(0) : a.w(target) * ((max - x_t) + log_sum);
+      out.weight[p] = ignored ? T(0) : a.w(target);
+    }
   }
   if (gi) ce_gradient(walk, x, q, target, scale[p], max + log_sum, a, gi, shared);
 }
@@ -199,34 +205,140 @@ __global__ void target_weights_kernel(const int64_t* __restrict__ targets,
   }
 }
 
-// ---- host side ------------------------------------------------------------------------------
+// The reduced loss from the float64 sums of the per-position values, in one thread:
+// (1 - eps) * nll + eps / C * smooth with label smoothing on class targets, else nll; for
+// 'mean' each sum divided by the denominator (summed target weights, or `count` positions).
+struct Finish {
+  int smooth_slot;  // index into the sums, or -1
+  int weight_slot;  // index into the sums, or -1: the denominator is `count`
+  double count;
+  bool mean;
+  bool unbatched_nll;  // class targets of a 1-D input
+  double keep, eps_c;
+};
 
-// The 'mean' denominator of class targets as a float64 device scalar: the summed weights of the
-// targets that are not ignored. Also checks every target on the device.
-at::Tensor target_weight_sum(const Prepared& p, int64_t ignore_index) {
-  const int64_t positions = p.target.numel();
-  const auto acc = acc_dtype(p.input.scalar_type());
-  auto weights = at::empty({positions}, p.input.options().dtype(acc));
-  if (positions > 0) {
-    AT_DISPATCH_FLOATING_TYPES(acc, "pyops", [&] {
-      target_weights_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          p.target.const_data_ptr<int64_t>(),
-          p.weight.defined() ? p.weight.const_data_ptr<scalar_t>() : nullptr, ignore_index,
-          p.shape.dim, positions, weights.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+template <typename scalar_t>
+__global__ void finish_loss_kernel(const double* __restrict__ sums, Finish f,
+                                   scalar_t* __restrict__ out) {
+  const double denominator = f.weight_slot >= 0 ? sums[f.weight_slot] : f.count;
+  double nll = sums[0];
+  // torch's CUDA nll kernel gives an unbatched input whose one target is ignored 0, not 0 / 0.
+  if (f.mean) nll /= (f.unbatched_nll && denominator == 0) ? 1.0 : denominator;
+  if (f.smooth_slot < 0) {
+    *out = static_cast<scalar_t>(nll);
+    return;
   }
-  return weights.sum(at::kDouble);
+  const double smooth = f.mean ? sums[f.smooth_slot] / denominator : sums[f.smooth_slot];
+  *out = static_cast<scalar_t>(nll * f.keep + smooth * f.eps_c);
 }
 
-// torch's CUDA nll kernel for an unbatched (1-D) input gives 0, not 0 / 0, for 'mean' when its
-// one target is ignored; the loss sum is 0 then, so a denominator of 1 gives the same.
-at::Tensor nll_denominator(const at::Tensor& denominator, const Prepared& p) {
-  return p.class_dim == 0 && !p.soft ? at::where(denominator == 0, 1.0, denominator) : denominator;
+// upstream_scale of a reduced loss in one launch: grad, or grad / denominator for 'mean'
+// (summed target weights on the device, or `count` positions), as one device scalar in T.
+template <typename scalar_t, typename T>
+__global__ void reduced_scale_kernel(const scalar_t* __restrict__ grad,
+                                     const double* __restrict__ denominator, double count,
+                                     bool mean, T* __restrict__ out) {
+  const double g = static_cast<double>(*grad);
+  *out = static_cast<T>(mean ? g / (denominator ? *denominator : count) : g);
+}
+
+// ---- host side ------------------------------------------------------------------------------
+
+// w_t of every position into `out` (accumulation dtype), checking every target on the device.
+void write_target_weights(const Prepared& p, int64_t ignore_index, const at::Tensor& out) {
+  const int64_t positions = p.target.numel();
+  if (positions == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "pyops", [&] {
+    target_weights_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        p.target.const_data_ptr<int64_t>(),
+        p.weight.defined() ? p.weight.const_data_ptr<scalar_t>() : nullptr, ignore_index,
+        p.shape.dim, positions, out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// The 'mean' denominator of class targets as a float64 device scalar: the summed weights of the
+// targets that are not ignored.
+at::Tensor target_weight_sum(const Prepared& p, int64_t ignore_index) {
+  const auto acc = acc_dtype(p.input.scalar_type());
+  auto weights = at::empty({p.target.numel()}, p.input.options().dtype(acc));
+  write_target_weights(p, ignore_index, weights);
+  return weights.sum(at::kDouble);
 }
 
 at::Tensor denominator_of(const Prepared& p, int64_t ignore_index) {
   return p.soft ? soft_denominator(p) : target_weight_sum(p, ignore_index);
+}
+
+// The per-position values a forward writes, one row each of [rows, positions] in the
+// accumulation dtype, so that one sum reduces them all: the losses; the smoothing terms (class
+// targets with label smoothing); the target weights (class targets).
+struct PositionValues {
+  at::Tensor rows, loss, smooth, weight;  // loss, smooth and weight are rows, or undefined
+};
+
+PositionValues position_values(int64_t positions, bool smooth, bool weight,
+                               const at::TensorOptions& options) {
+  PositionValues v;
+  v.rows = at::empty({1 + int64_t{smooth} + int64_t{weight}, positions}, options);
+  v.loss = v.rows[0];
+  if (smooth) v.smooth = v.rows[1];
+  if (weight) v.weight = v.rows[smooth ? 2 : 1];
+  return v;
+}
+
+// The loss output: per position for 'none'; else one sum over the positions and one finishing
+// thread.
+at::Tensor loss_output(const PositionValues& v, const Prepared& p, int64_t reduction,
+                       double label_smoothing) {
+  const auto dtype = p.input.scalar_type();
+  if (reduction == kNone) {
+    return class_loss_output(v.loss, v.smooth, reduction, at::Tensor(), at::Tensor(), p,
+                             label_smoothing);
+  }
+  const auto sums = v.rows.sum(/*dim=*/1, /*keepdim=*/false, at::kDouble);
+  auto out = at::empty({}, p.input.options());
+  const Finish f{v.smooth.defined() ? 1 : -1,
+                 v.weight.defined() ? (v.smooth.defined() ? 2 : 1) : -1,
+                 soft_denominator_value(p),
+                 reduction == kMean,
+                 p.class_dim == 0 && !p.soft,
+                 1.0 - label_smoothing,
+                 label_smoothing / static_cast<double>(p.shape.dim)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "pyops", [&] {
+    finish_loss_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(
+        sums.const_data_ptr<double>(), f, out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// The upstream gradient as the kernels read it (see upstream_scale). A reduced loss' grad of the
+// input's dtype on its device, as autograd passes it, takes one launch (with the 'mean'
+// denominator of class targets, two more).
+at::Tensor scale_for(const at::Tensor& grad, int64_t reduction, const Prepared& p,
+                     int64_t ignore_index) {
+  const int64_t positions = p.shape.outer * p.shape.inner;
+  const auto acc = acc_dtype(p.input.scalar_type());
+  const bool mean = reduction == kMean;
+  if (reduction == kNone || grad.scalar_type() != p.input.scalar_type() ||
+      grad.device() != p.input.device()) {
+    return upstream_scale(grad, reduction, mean ? denominator_of(p, ignore_index) : at::Tensor(),
+                          positions, acc);
+  }
+  check_upstream_grad(grad, reduction, positions);
+  const auto denominator = mean && !p.soft ? target_weight_sum(p, ignore_index) : at::Tensor();
+  auto scale = at::empty({}, grad.options().dtype(acc));
+  const auto g = grad.reshape({});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    reduced_scale_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(
+        g.const_data_ptr<scalar_t>(),
+        denominator.defined() ? denominator.const_data_ptr<double>() : nullptr,
+        soft_denominator_value(p), mean, scale.mutable_data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return scale;
 }
 
 template <typename T>
@@ -297,36 +409,36 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   const auto options = input.options().dtype(acc);
-  auto losses = at::empty({positions}, options);
-  const bool split = !prep.soft && label_smoothing > 0;
-  auto smooth = split ? at::empty({positions}, options) : at::Tensor();
+  const auto values = position_values(positions, /*smooth=*/!prep.soft && label_smoothing > 0,
+                                      /*weight=*/!prep.soft, options);
   auto lse = at::empty(prep.position_shape, options);
-  const auto denominator = denominator_of(prep, ignore_index);
   const auto weight_sum = sum_of_weights(prep);
   at::Tensor scale;
-  if (grad_out.defined()) {
-    scale = upstream_scale(at::ones({}, options), reduction, denominator, positions, acc);
+  if (grad_out.defined()) {  // the fused gradient needs the 'mean' denominator before the pass
+    scale = upstream_scale(at::ones({}, options), reduction,
+                           reduction == kMean ? denominator_of(prep, ignore_index) : at::Tensor(),
+                           positions, acc);
   }
   if (positions > 0 && s.dim > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
       using T = at::opmath_type<scalar_t>;
-      const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
-                              split ? smooth.mutable_data_ptr<T>() : nullptr,
+      const auto row = [](const at::Tensor& t) {
+        return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+      };
+      const ForwardOut<T> out{row(values.loss), row(values.smooth), row(values.weight),
                               lse.mutable_data_ptr<T>()};
       launch_forward<scalar_t, T>(
           prep, class_args<T>(prep, ignore_index, label_smoothing, weight_sum), out,
           grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
           grad_out.defined() ? scale_of<T>(scale, reduction) : Scale<T>{nullptr, 0});
     });
-  } else {  // no positions or no classes
-    losses.zero_();
-    if (split) smooth.zero_();
+  } else {  // no positions or no classes: still every target checked, as torch
+    values.rows.zero_();
+    if (values.weight.defined()) write_target_weights(prep, ignore_index, values.weight);
     lse.fill_(-std::numeric_limits<double>::infinity());
     if (grad_out.defined()) grad_out.zero_();
   }
-  return {class_loss_output(losses, smooth, reduction, nll_denominator(denominator, prep), denominator,
-                            prep, label_smoothing),
-          lse};
+  return {loss_output(values, prep, reduction, label_smoothing), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
@@ -353,7 +465,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   const auto lse_c = lse.contiguous();
   auto result = at::empty_like(prep.input);
   if (result.numel() == 0) return in_input_layout(input, result);
-  const auto scale = upstream_scale(grad, reduction, denominator_of(prep, ignore_index), positions, acc);
+  const auto scale = scale_for(grad, reduction, prep, ignore_index);
   const auto weight_sum = sum_of_weights(prep);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -424,11 +536,13 @@ void scale_unless_one_(at::Tensor& self, const at::Tensor& scale) {
 
 // ---- nll_loss -------------------------------------------------------------------------------
 
-// Loss (forward) or gradient (backward) of every position from its target's element.
+// Loss and target weight (forward) or gradient (backward) of every position from its target's
+// element.
 template <typename scalar_t, typename T>
 __global__ void nll_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ targets,
                            const T* __restrict__ weight, int64_t ignore_index, Shape3 s,
-                           T* __restrict__ losses, scalar_t* __restrict__ gi, Scale<T> scale) {
+                           T* __restrict__ losses, T* __restrict__ target_weights,
+                           scalar_t* __restrict__ gi, Scale<T> scale) {
   const int64_t positions = s.outer * s.inner;
   for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < positions;
        p += int64_t{blockDim.x} * gridDim.x) {
@@ -437,19 +551,23 @@ __global__ void nll_kernel(const scalar_t* __restrict__ x, const int64_t* __rest
     if (!ignored) check_target(t, s.dim);
     const T w = ignored ? T(0) : (weight ? weight[t] : T(1));
     const int64_t at = (p / s.inner) * s.dim * s.inner + t * s.inner + p % s.inner;
-    if (losses) losses[p] = ignored ? T(0) : -w * static_cast<T>(x[at]);
+    if (losses) {
+      losses[p] = ignored ? T(0) : -w * static_cast<T>(x[at]);
+      target_weights[p] = w;
+    }
     if (gi && !ignored) gi[at] = static_cast<scalar_t>(-w * scale[p]);
   }
 }
 
 template <typename scalar_t, typename T>
-void launch_nll(const Prepared& p, int64_t ignore_index, T* losses, scalar_t* gi, Scale<T> scale) {
+void launch_nll(const Prepared& p, int64_t ignore_index, T* losses, T* target_weights,
+                scalar_t* gi, Scale<T> scale) {
   const int64_t positions = p.shape.outer * p.shape.inner;
   if (positions == 0) return;
   nll_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       p.input.const_data_ptr<scalar_t>(), p.target.const_data_ptr<int64_t>(),
       p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr, ignore_index, p.shape, losses,
-      gi, scale);
+      target_weights, gi, scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -460,14 +578,14 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
   const c10::cuda::CUDAGuard guard(input.device());
   const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
   const int64_t positions = prep.shape.outer * prep.shape.inner;
-  auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
+  const auto values = position_values(positions, /*smooth=*/false, /*weight=*/true,
+                                      input.options().dtype(acc_dtype(input.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch_nll<scalar_t, T>(prep, ignore_index, losses.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
+    launch_nll<scalar_t, T>(prep, ignore_index, values.loss.mutable_data_ptr<T>(),
+                            values.weight.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
   });
-  return reduce_losses(losses, reduction,
-                       nll_denominator(target_weight_sum(prep, ignore_index), prep),
-                       prep.position_shape, input.scalar_type());
+  return loss_output(values, prep, reduction, /*label_smoothing=*/0.0);
 }
 
 at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
@@ -477,15 +595,12 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
   const c10::cuda::CUDAGuard guard(input.device());
   const Prepared prep =
       prepare_classes("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
-  const int64_t positions = prep.shape.outer * prep.shape.inner;
-  const auto acc = acc_dtype(input.scalar_type());
   auto result = at::zeros_like(prep.input);
-  const auto scale =
-      upstream_scale(grad, reduction, target_weight_sum(prep, ignore_index), positions, acc);
+  const auto scale = scale_for(grad, reduction, prep, ignore_index);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
     using T = at::opmath_type<scalar_t>;
-    launch_nll<scalar_t, T>(prep, ignore_index, nullptr, result.mutable_data_ptr<scalar_t>(),
-                            scale_of<T>(scale, reduction));
+    launch_nll<scalar_t, T>(prep, ignore_index, nullptr, nullptr,
+                            result.mutable_data_ptr<scalar_t>(), scale_of<T>(scale, reduction));
   });
   return in_input_layout(input, result);
 }
