@@ -13,30 +13,44 @@ struct Inputs {
 };
 
 // out[i] = fn(in[0][i], ..., in[kArity - 1][i]) computed in opmath (float for half types).
+// Each thread loads kUnroll packs of every input before computing any: one 16-byte load in
+// flight per thread left the copy bandwidth at 96 % where torch's unrolled kernel reaches 102 %.
 template <typename scalar_t, int kArity, typename Fn>
 __global__ void map_kernel(scalar_t* __restrict__ out, Inputs<scalar_t, kArity> in, int64_t n,
                            bool vectorized, Fn fn) {
   using opmath = at::opmath_type<scalar_t>;
   constexpr int kVec = vec_size<scalar_t>();
+  constexpr int kUnroll = 4;
   const int64_t stride = int64_t{blockDim.x} * gridDim.x;
   const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   int64_t tail = 0;
   if (vectorized) {
     const int64_t packs = n / kVec;
     tail = packs * kVec;
-    for (int64_t p = first; p < packs; p += stride) {
-      Pack<scalar_t> a[kArity];
+    for (int64_t base = first; base < packs; base += kUnroll * stride) {
+      Pack<scalar_t> a[kUnroll][kArity];
 #pragma unroll
-      for (int k = 0; k < kArity; ++k) a[k] = reinterpret_cast<const Pack<scalar_t>*>(in.ptr[k])[p];
-      Pack<scalar_t> r;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + u * stride;
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        opmath v[kArity];
-#pragma unroll
-        for (int k = 0; k < kArity; ++k) v[k] = static_cast<opmath>(a[k].v[j]);
-        r.v[j] = static_cast<scalar_t>(fn(v));
+        for (int k = 0; k < kArity; ++k) {
+          if (p < packs) a[u][k] = reinterpret_cast<const Pack<scalar_t>*>(in.ptr[k])[p];
+        }
       }
-      reinterpret_cast<Pack<scalar_t>*>(out)[p] = r;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + u * stride;
+        if (p >= packs) break;
+        Pack<scalar_t> r;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          opmath v[kArity];
+#pragma unroll
+          for (int k = 0; k < kArity; ++k) v[k] = static_cast<opmath>(a[u][k].v[j]);
+          r.v[j] = static_cast<scalar_t>(fn(v));
+        }
+        reinterpret_cast<Pack<scalar_t>*>(out)[p] = r;
+      }
     }
   }
   for (int64_t i = tail + first; i < n; i += stride) {
