@@ -160,6 +160,27 @@ def test_cross_entropy_probability_targets_and_nll_on_cuda():
     assert_close(PF.nll_loss(logp, t), TF.nll_loss(logp, t))
 
 
+# 128256 and 131080 (uneven slices) take a cluster of blocks per row on sm_90 where the forward
+# passes over the row twice: the gradient in the forward, probability targets, smoothing.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("classes", [128256, 131080])
+def test_cross_entropy_long_rows_on_cuda(dtype, classes):
+    x = make_tensor((3, classes), dtype, "cuda", low=-20, high=20)
+    t = class_targets(3, classes)
+    q = torch.softmax(make_tensor((3, classes), dtype, "cuda", seed=2).float(), 1).to(dtype)
+    for target, kw in ((t, dict(label_smoothing=0.1)), (q, dict()), (q, dict(label_smoothing=0.2))):
+        expected = TF.cross_entropy(x.float(), target if target is t else target.float(), **kw)
+        assert_close(PF.cross_entropy(x, target, **kw), expected.to(dtype), dtype)
+    for reduction in ("mean", "sum"):
+        a, b = x.clone().requires_grad_(), x.float().requires_grad_()
+        loss = PF.cross_entropy(a, t, reduction=reduction, grad_in_forward=True)
+        expected = TF.cross_entropy(b, t, reduction=reduction)
+        (loss * 0.5).backward()
+        (expected * 0.5).backward()
+        assert_close(loss, expected.to(dtype), dtype)
+        assert_close(a.grad, b.grad.to(dtype), dtype)
+
+
 def test_losses_no_host_sync_and_current_stream():
     x = make_tensor((64, 1000), torch.float32, "cuda").requires_grad_()
     t = class_targets(64, 1000, ignored_every=7)

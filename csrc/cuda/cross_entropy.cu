@@ -148,6 +148,43 @@ ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
   }
 }
 
+// A row too long for one block, in a second-pass forward: a cluster of blocks per row (sm_90),
+// launched along x, cluster c walking positions c, c + clusters, ...; the row is read once.
+template <typename scalar_t, typename T, int kPacks>
+__global__ void __launch_bounds__(kStreamThreads)
+ce_cluster_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
+                       const int64_t* __restrict__ targets, ClassArgs<T> a, ForwardOut<T> out,
+                       scalar_t* __restrict__ gi, Scale<T> scale, int64_t positions) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ Shared<T> shared;
+  const int64_t rank = cooperative_groups::this_cluster().block_rank();
+  for (int64_t p = blockIdx.x / kClusterBlocks; p < positions; p += gridDim.x / kClusterBlocks) {
+    ce_position(ClusterWalk<scalar_t, kPacks>(x, p, a.classes, rank), p, x, q, targets, a, out,
+                gi, scale, shared);
+  }
+#endif
+}
+
+// Launches ce_cluster_rows_kernel where it applies (a packed row too long for one block, on
+// sm_90, its slices within kStreamThreads threads); false where it does not.
+template <typename scalar_t, typename T>
+bool launch_forward_clusters(const scalar_t* x, const scalar_t* q, const int64_t* t,
+                             const ClassArgs<T>& a, const ForwardOut<T>& out, scalar_t* gi,
+                             Scale<T> scale, int64_t positions, cudaStream_t stream) {
+  const RowLaunch shape =
+      cluster_row_launch<scalar_t>(a.classes, max_packs_per_thread<scalar_t>(), kStreamThreads);
+  if (shape.threads > kStreamThreads) return false;
+  bool launched = false;
+  with_packs_per_thread(shape, [&](auto packs) {
+    if constexpr (decltype(packs)::value > 0) {
+      launched = launch_clusters(ce_cluster_rows_kernel<scalar_t, T, decltype(packs)::value>,
+                                 positions, shape.threads, stream, x, q, t, a, out, gi, scale,
+                                 positions);
+    }
+  });
+  return launched;
+}
+
 template <typename scalar_t, typename T>
 __global__ void ce_columns_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
                                   const int64_t* __restrict__ targets, ClassArgs<T> a,
@@ -380,6 +417,10 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
     const bool second_pass = gi || q || out.smooth;
     RowLaunch shape{0, 0};
     if (second_pass) shape = row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024);
+    if (second_pass && packed && shape.packs_per_thread == 0 &&
+        launch_forward_clusters(x, q, t, a, out, gi, scale, positions, stream)) {
+      return;
+    }
     if (shape.packs_per_thread == 0) shape.threads = row_threads(s.dim, kStreamThreads);
     with_packs_per_thread(shape, [&](auto packs) {
       ce_rows_kernel<scalar_t, T, decltype(packs)::value>

@@ -6,11 +6,15 @@
 //                pass left in L2.
 //   ThreadWalk:  a thread per row, for rows strided in memory ({outer, dim, inner} with
 //                inner > 1): neighbouring threads read neighbouring rows, so loads coalesce.
+//   ClusterWalk: a cluster of kClusterBlocks blocks per row (sm_90), each holding a slice in
+//                registers as CachedWalk does: rows up to kClusterBlocks times longer, read once.
 // Each offers at(c), leader(), read(data, n, fn(c, value)), map(data, out, n, fn(c, value) -> T),
 // sum(v, shared) and max_sum(x, n, shared) over the row.
 #pragma once
 
 #include "common.cuh"
+
+#include <cooperative_groups.h>
 
 #include <type_traits>
 
@@ -199,6 +203,100 @@ struct ThreadWalk {
   }
 };
 
+constexpr int kClusterBlocks = 8;  // the portable cluster size
+
+// The packs of a row's slice that each block of its cluster holds.
+__host__ __device__ inline int64_t cluster_slice(int64_t packs) {
+  return (packs + kClusterBlocks - 1) / kClusterBlocks;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// op over one value per block of the cluster (each block's own reduction), in rank order, so
+// every block gets the same bits; through distributed shared memory.
+template <typename T, typename Op>
+__device__ T cluster_reduce(T block_value, Op op) {
+  __shared__ T value;  // this block's part, read by the other blocks of its cluster
+  auto cluster = cooperative_groups::this_cluster();
+  if (threadIdx.x == 0) value = block_value;
+  cluster.sync();
+  T total = *cluster.map_shared_rank(&value, 0);
+  for (int rank = 1; rank < kClusterBlocks; ++rank) {
+    total = op(total, *cluster.map_shared_rank(&value, rank));
+  }
+  cluster.sync();  // every block has read `value` before any writes it again or exits
+  return total;
+}
+
+// Row `row` (n elements from x + row * n, packed) split over the cluster: this block holds
+// packs [rank * slice, (rank + 1) * slice) in registers. Indices passed to fn are the row's;
+// sums and max_sum span the cluster; the leader is the first block's first thread.
+template <typename scalar_t, int kPacks>
+struct ClusterWalk {
+  static constexpr int kVec = vec_size<scalar_t>();
+  int64_t row_base, offset, count;  // the row's first element; the slice's offset and length
+  CachedWalk<scalar_t, kPacks> slice;
+
+  __device__ ClusterWalk(const scalar_t* x, int64_t row, int64_t n, int64_t rank)
+      : row_base(row * n),
+        offset(std::min(rank * cluster_slice(n / kVec), n / kVec) * kVec),
+        count(std::min(cluster_slice(n / kVec) * kVec, n - offset)),
+        slice(x, row_base + offset, count) {}
+
+  __device__ int64_t at(int64_t c) const { return row_base + c; }
+  __device__ bool leader() const {
+    return threadIdx.x == 0 && cooperative_groups::this_cluster().block_rank() == 0;
+  }
+  template <typename Fn>
+  __device__ void read(const scalar_t* data, int64_t, Fn fn) const {
+    slice.read(data, count, [&](int64_t i, scalar_t v) { fn(offset + i, v); });
+  }
+  template <typename Fn>
+  __device__ void map(const scalar_t* data, scalar_t* out, int64_t, Fn fn) const {
+    slice.map(data, out, count, [&](int64_t i, scalar_t v) { return fn(offset + i, v); });
+  }
+  template <typename T>
+  __device__ T sum(T v, Shared<T>& shared) const {
+    return cluster_reduce(block_sum(v, shared.values), Plus{});
+  }
+  // The max first, then one exp per element, as CachedWalk.
+  template <typename T = at::opmath_type<scalar_t>>
+  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
+    T max = -INFINITY;
+    slice.each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
+    max = cluster_reduce(block_max(max, shared.values), NanMax{});
+    T total = 0;
+    slice.each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
+    return {max, cluster_reduce(block_sum(total, shared.values), Plus{})};
+  }
+};
+#endif
+
+// Launches kernel in clusters of kClusterBlocks along x, a cluster per row (`rows` of them, the
+// kernel striding over any beyond the grid); false (nothing launched) where no cluster of that
+// shape fits the device, e.g. a partition with too few multiprocessors per GPC.
+template <typename Kernel, typename... Args>
+bool launch_clusters(Kernel kernel, int64_t rows, int threads, cudaStream_t stream,
+                     Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(rows, 1 << 27) * kClusterBlocks));
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = kClusterBlocks;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int fitting = 0;
+  if (cudaOccupancyMaxActiveClusters(&fitting, kernel, &config) != cudaSuccess || fitting == 0) {
+    (void)cudaGetLastError();  // not sticky: clear it, the caller takes another kernel
+    return false;
+  }
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+  return true;
+}
+
 // Launch shape of a block-per-row kernel: kPacks packs per thread held in registers
 // (CachedWalk), or 0 for BlockWalk.
 struct RowLaunch {
@@ -229,6 +327,16 @@ RowLaunch row_launch(int64_t n, bool packable, int max_per_thread, int preferred
 // Launch bounds of a block-per-row kernel instantiated with kPacks (0: BlockWalk, up to 1024).
 constexpr int row_kernel_threads(int packs_per_thread) {
   return packs_per_thread == 0 ? 1024 : cached_threads_limit(packs_per_thread);
+}
+
+// The launch shape of a cluster-per-row kernel for rows of n packable elements: each block
+// caches its slice as row_launch would have it. packs_per_thread 0 where a cluster does not
+// apply: before sm_90, or a slice too long for one block's registers.
+template <typename scalar_t>
+RowLaunch cluster_row_launch(int64_t n, int max_per_thread, int preferred_threads) {
+  if (at::cuda::getCurrentDeviceProperties()->major < 9) return {0, 0};
+  const int64_t slice = cluster_slice(n / vec_size<scalar_t>()) * vec_size<scalar_t>();
+  return row_launch<scalar_t>(slice, /*packable=*/true, max_per_thread, preferred_threads);
 }
 
 // Calls launch(std::integral_constant<int, kPacks>) for the kPacks of `shape`.

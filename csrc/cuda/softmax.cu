@@ -8,7 +8,6 @@
 //               loads along the reduced dim coalesce.
 #include "row_walk.cuh"
 
-#include <cooperative_groups.h>
 #include <torch/library.h>
 
 namespace pyops::cuda {
@@ -38,100 +37,18 @@ softmax_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
 
 // ---- rows longer than a block holds: a cluster of blocks per row (sm_90) ---------------------
 
-constexpr int kClusterBlocks = 8;  // the portable cluster size
-
-// The packs of a row's slice that each block of its cluster holds.
-__host__ __device__ inline int64_t cluster_slice(int64_t packs) {
-  return (packs + kClusterBlocks - 1) / kClusterBlocks;
-}
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// op over one value per block of the cluster (each block's own reduction), in rank order, so
-// every block gets the same bits; through distributed shared memory.
-template <typename T, typename Op>
-__device__ T cluster_reduce(T block_value, Op op) {
-  __shared__ T value;  // this block's part, read by the other blocks of its cluster
-  auto cluster = cooperative_groups::this_cluster();
-  if (threadIdx.x == 0) value = block_value;
-  cluster.sync();
-  T total = *cluster.map_shared_rank(&value, 0);
-  for (int rank = 1; rank < kClusterBlocks; ++rank) {
-    total = op(total, *cluster.map_shared_rank(&value, rank));
-  }
-  cluster.sync();  // every block has read `value` before any writes it again or exits
-  return total;
-}
-
-// The walk of one block's slice of a row (CachedWalk) whose max and sum of exps span the
-// cluster's slices: the row read once however long, up to kClusterBlocks blocks' registers.
-template <typename scalar_t, int kPacks>
-struct ClusterSliceWalk : CachedWalk<scalar_t, kPacks> {
-  using CachedWalk<scalar_t, kPacks>::CachedWalk;
-
-  template <typename T = at::opmath_type<scalar_t>>
-  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
-    T max = -INFINITY;
-    this->each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
-    max = cluster_reduce(block_max(max, shared.values), NanMax{});
-    T total = 0;
-    this->each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
-    return {max, cluster_reduce(block_sum(total, shared.values), Plus{})};
-  }
-};
-#endif
-
-// Launched in clusters of kClusterBlocks along x: cluster c walks rows c, c + clusters, ...;
-// block `rank` of it holds packs [rank * slice, (rank + 1) * slice) of each.
+// Launched in clusters of kClusterBlocks along x: cluster c walks rows c, c + clusters, ...
 template <typename scalar_t, int kPacks>
 __global__ void __launch_bounds__(row_kernel_threads(kPacks))
 softmax_cluster_rows_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                             int64_t rows, int64_t n, bool log) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ Shared<at::opmath_type<scalar_t>> shared;
-  constexpr int kVec = vec_size<scalar_t>();
-  const int64_t packs = n / kVec, slice = cluster_slice(packs);
   const int64_t rank = cooperative_groups::this_cluster().block_rank();
-  const int64_t first = std::min(rank * slice, packs);
-  const int64_t count = std::min(slice, packs - first);
   for (int64_t r = blockIdx.x / kClusterBlocks; r < rows; r += gridDim.x / kClusterBlocks) {
-    const ClusterSliceWalk<scalar_t, kPacks> walk(in, r * n + first * kVec, count * kVec);
-    softmax_row(walk, in, out, n, log, shared);
+    softmax_row(ClusterWalk<scalar_t, kPacks>(in, r, n, rank), in, out, n, log, shared);
   }
 #endif
-}
-
-// The launch shape of softmax_cluster_rows_kernel for rows of n elements, or packs_per_thread 0
-// where a cluster does not apply (before sm_90, or a slice too long for one block).
-template <typename scalar_t>
-RowLaunch cluster_row_launch(int64_t n) {
-  if (at::cuda::getCurrentDeviceProperties()->major < 9) return {0, 0};
-  const int64_t slice = cluster_slice(n / vec_size<scalar_t>()) * vec_size<scalar_t>();
-  return row_launch<scalar_t>(slice, /*packable=*/true, max_packs_per_thread<scalar_t>(), 256);
-}
-
-// Launches kernel in clusters of kClusterBlocks; false (nothing launched) where no cluster of
-// that shape fits the device, e.g. a partition with too few multiprocessors per GPC.
-template <typename Kernel, typename... Args>
-bool launch_clusters(Kernel kernel, int64_t rows, int threads, cudaStream_t stream,
-                     Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(rows, 1 << 27) * kClusterBlocks));
-  config.blockDim = dim3(threads);
-  config.stream = stream;
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = kClusterBlocks;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  int fitting = 0;
-  if (cudaOccupancyMaxActiveClusters(&fitting, kernel, &config) != cudaSuccess || fitting == 0) {
-    (void)cudaGetLastError();  // not sticky: clear it, the caller takes another kernel
-    return false;
-  }
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
-  return true;
 }
 
 template <typename scalar_t>
@@ -237,7 +154,8 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
       const RowLaunch shape =
           row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 256);
       const RowLaunch cluster = packed && shape.packs_per_thread == 0
-                                    ? cluster_row_launch<scalar_t>(s.dim)
+                                    ? cluster_row_launch<scalar_t>(
+                                          s.dim, max_packs_per_thread<scalar_t>(), 256)
                                     : RowLaunch{0, 0};
       bool launched = false;
       with_packs_per_thread(cluster, [&](auto packs) {
