@@ -40,10 +40,10 @@ def test_elementwise_cuda_agrees_with_cpu_and_torch(name, dtype, shape, layout):
 
 @pytest.mark.parametrize("name", SOFTMAX)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-# 65536, 131080 (uneven slices) and 262144 take a cluster of blocks per row on sm_90.
+# 65536, 65544 and 131080 (uneven slices) and 262144 take a cluster of blocks per row on sm_90.
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((33, 17), 1), ((33, 17), 0), ((4, 1000, 3), 1),
                                        ((2, 262147), 1), ((3, 262144), -1), ((64, 5, 130), 2),
-                                       ((2, 65536), 1), ((2, 131080), 1)])
+                                       ((2, 65536), 1), ((2, 65544), 1), ((2, 131080), 1)])
 def test_softmax_cuda_agrees_with_cpu_and_torch(name, dtype, shape, dim):
     x = make_tensor(shape, dtype, "cuda", low=-20, high=20)
     got = run(name, x, dim)

@@ -70,6 +70,37 @@ __device__ __forceinline__ T softmax_grad(T g, T y, T total, bool log) {
   return log ? g - fast_exp(y) * total : y * (g - total);
 }
 
+// The backward of the row (or cluster slice) that y and g hold in registers, the same packs of
+// out and grad; reduce(part) sums the threads' parts over the whole row.
+template <typename scalar_t, int kPacks, typename Reduce, typename T = at::opmath_type<scalar_t>>
+__device__ __forceinline__ void softmax_backward_cached(const CachedWalk<scalar_t, kPacks>& y,
+                                                        const CachedWalk<scalar_t, kPacks>& g,
+                                                        scalar_t* result, bool log, Reduce reduce) {
+  T part = 0;
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+    if (threadIdx.x + int64_t{k} * blockDim.x >= y.packs) continue;
+#pragma unroll
+    for (int j = 0; j < vec_size<scalar_t>(); ++j) {
+      part += softmax_grad_term<T>(g.cache[k].v[j], y.cache[k].v[j], log);
+    }
+  }
+  const T total = reduce(part);
+  Pack<scalar_t>* row = reinterpret_cast<Pack<scalar_t>*>(result + y.base);
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+    const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
+    if (p >= y.packs) continue;
+    Pack<scalar_t> value;
+#pragma unroll
+    for (int j = 0; j < vec_size<scalar_t>(); ++j) {
+      const T grad_in = softmax_grad<T>(g.cache[k].v[j], y.cache[k].v[j], total, log);
+      value.v[j] = static_cast<scalar_t>(grad_in);
+    }
+    row[p] = value;
+  }
+}
+
 // grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax. Cached: both
 // rows in registers, each read once.
 template <typename scalar_t, int kPacks>
@@ -81,8 +112,8 @@ softmax_backward_rows_kernel(const scalar_t* __restrict__ grad, const scalar_t* 
   __shared__ Shared<T> shared;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const auto y = row_walk<scalar_t, kPacks>(out, r, n, packed);
-    T part = 0;
     if constexpr (kPacks == 0) {
+      T part = 0;
       y.read(out, n, [&](int64_t i, scalar_t yv) {
         part += softmax_grad_term<T>(grad[y.at(i)], yv, log);
       });
@@ -92,29 +123,29 @@ softmax_backward_rows_kernel(const scalar_t* __restrict__ grad, const scalar_t* 
       });
     } else {
       const CachedWalk<scalar_t, kPacks> g(grad, r * n, n);
-#pragma unroll
-      for (int k = 0; k < kPacks; ++k) {
-        if (threadIdx.x + int64_t{k} * blockDim.x >= y.packs) continue;
-#pragma unroll
-        for (int j = 0; j < vec_size<scalar_t>(); ++j) {
-          part += softmax_grad_term<T>(g.cache[k].v[j], y.cache[k].v[j], log);
-        }
-      }
-      const T total = y.sum(part, shared);
-      Pack<scalar_t>* row = reinterpret_cast<Pack<scalar_t>*>(result + r * n);
-#pragma unroll
-      for (int k = 0; k < kPacks; ++k) {
-        const int64_t p = threadIdx.x + int64_t{k} * blockDim.x;
-        if (p >= y.packs) continue;
-        Pack<scalar_t> value;
-#pragma unroll
-        for (int j = 0; j < vec_size<scalar_t>(); ++j) {
-          value.v[j] = static_cast<scalar_t>(softmax_grad<T>(g.cache[k].v[j], y.cache[k].v[j], total, log));
-        }
-        row[p] = value;
-      }
+      softmax_backward_cached(y, g, result, log, [&](T part) { return y.sum(part, shared); });
     }
   }
+}
+
+// The backward of rows one block cannot hold: a cluster of blocks per row (sm_90), each holding
+// its slice of out and grad; launched along x, cluster c walking rows c, c + clusters, ...
+template <typename scalar_t, int kPacks>
+__global__ void __launch_bounds__(row_kernel_threads(kPacks))
+softmax_backward_cluster_rows_kernel(const scalar_t* __restrict__ grad,
+                                     const scalar_t* __restrict__ out,
+                                     scalar_t* __restrict__ result, int64_t rows, int64_t n,
+                                     bool log) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using T = at::opmath_type<scalar_t>;
+  __shared__ Shared<T> shared;
+  const int64_t rank = cooperative_groups::this_cluster().block_rank();
+  for (int64_t r = blockIdx.x / kClusterBlocks; r < rows; r += gridDim.x / kClusterBlocks) {
+    const ClusterWalk<scalar_t, kPacks> y(out, r, n, rank);
+    const CachedWalk<scalar_t, kPacks> g(grad, y.slice.base, y.count);
+    softmax_backward_cached(y.slice, g, result, log, [&](T part) { return y.sum(part, shared); });
+  }
+#endif
 }
 
 template <typename scalar_t>
@@ -199,13 +230,26 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
     if (s.inner == 1) {
       const bool packed = rows_packable(yp, rp, s.dim) && aligned16(gp);
       // two rows cached per block: half the packs per thread
-      const RowLaunch shape =
-          row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>() / 2, 256);
-      with_packs_per_thread(shape, [&](auto packs) {
-        softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
-            <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
-                                                                packed, log);
+      const int max_packs = max_packs_per_thread<scalar_t>() / 2;
+      const RowLaunch shape = row_launch<scalar_t>(s.dim, packed, max_packs, 256);
+      const RowLaunch cluster = packed && shape.packs_per_thread == 0
+                                    ? cluster_row_launch<scalar_t>(s.dim, max_packs, 256)
+                                    : RowLaunch{0, 0};
+      bool launched = false;
+      with_packs_per_thread(cluster, [&](auto packs) {
+        if constexpr (decltype(packs)::value > 0) {
+          launched = launch_clusters(
+              softmax_backward_cluster_rows_kernel<scalar_t, decltype(packs)::value>, s.outer,
+              cluster.threads, stream, gp, yp, rp, s.outer, s.dim, log);
+        }
       });
+      if (!launched) {
+        with_packs_per_thread(shape, [&](auto packs) {
+          softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
+              <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
+                                                                  packed, log);
+        });
+      }
     } else {
       softmax_backward_columns_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
           gp, yp, rp, s.outer, s.dim, s.inner, log);
