@@ -231,4 +231,14 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
   return m;
 }
 
+// The multi_margin output from per-row losses: one per row of a 2-D input for 'none', else
+// reduced, 'mean' over the rows.
+inline at::Tensor margin_loss_output(const at::Tensor& losses, int64_t reduction,
+                                     const MarginRows& m, const at::Tensor& input) {
+  std::vector<int64_t> shape;
+  if (input.dim() == 2) shape.push_back(m.rows);
+  const auto rows = at::scalar_tensor(static_cast<double>(m.rows), at::kDouble);
+  return reduce_losses(losses, reduction, rows, shape, input.scalar_type());
+}
+
 }  // namespace pyops

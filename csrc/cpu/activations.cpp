@@ -1,7 +1,6 @@
 // sigmoid, tanh, relu and their backward ops on CPU.
 #include "common.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cpu {
 namespace {
@@ -97,14 +96,6 @@ at::Tensor relu_backward(const at::Tensor& grad, const at::Tensor& out) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CPU, m) {
-  m.impl("sigmoid", &sigmoid);
-  m.impl("sigmoid_backward", &sigmoid_backward);
-  m.impl("tanh", &tanh);
-  m.impl("tanh_backward", &tanh_backward);
-  m.impl("relu", &relu);
-  m.impl("relu_", &relu_);
-  m.impl("relu_backward", &relu_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CPU, m) { PYOPS_ACTIVATION_KERNELS(m); }
 
 }  // namespace pyops::cpu

@@ -9,8 +9,7 @@
 //   grad_c = s * (softmax_c * sum(w * q') - w_c * q'_c),  q' = (1 - smoothing) * q + smoothing / C.
 #include "dim_layout.h"
 #include "loss_common.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cpu {
 namespace {
@@ -441,13 +440,6 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CPU, m) {
-  m.impl("cross_entropy", &cross_entropy);
-  m.impl("cross_entropy_backward", &cross_entropy_backward);
-  m.impl("cross_entropy_grad_in_forward", &cross_entropy_grad_in_forward);
-  m.impl("scale_unless_one_", &scale_unless_one_);
-  m.impl("nll_loss", &nll_loss);
-  m.impl("nll_loss_backward", &nll_loss_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CPU, m) { PYOPS_CROSS_ENTROPY_KERNELS(m); }
 
 }  // namespace pyops::cpu

@@ -4,8 +4,7 @@
 // buffer unless reduction='none').
 #include "dim_layout.h"
 #include "loss_common.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cpu {
 namespace {
@@ -271,10 +270,7 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
       lp[r] = row_sum_excluding(term, x, m.classes, t) / m.classes;
     });
   });
-  std::vector<int64_t> shape;
-  if (input.dim() == 2) shape.push_back(m.rows);
-  return reduce_losses(losses, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
-                       shape, input.scalar_type());
+  return margin_loss_output(losses, reduction, m, input);
 }
 
 at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
@@ -308,17 +304,6 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CPU, m) {
-  m.impl("mse_loss", &mse_loss);
-  m.impl("mse_loss_backward", &mse_loss_backward);
-  m.impl("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
-  m.impl("binary_cross_entropy_with_logits_backward", &binary_cross_entropy_with_logits_backward);
-  m.impl("binary_cross_entropy", &binary_cross_entropy);
-  m.impl("binary_cross_entropy_backward", &binary_cross_entropy_backward);
-  m.impl("hinge_loss", &hinge_loss);
-  m.impl("hinge_loss_backward", &hinge_loss_backward);
-  m.impl("multi_margin_loss", &multi_margin_loss);
-  m.impl("multi_margin_loss_backward", &multi_margin_loss_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CPU, m) { PYOPS_LOSS_KERNELS(m); }
 
 }  // namespace pyops::cpu

@@ -1,7 +1,6 @@
 // softmax, log_softmax and their backward ops on CPU, over rows or column tiles (dim_layout.h).
 #include "dim_layout.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cpu {
 namespace {
@@ -102,7 +101,10 @@ void softmax_backward_tile(const T* g, const T* y, T* out, int64_t rows, int64_t
   }
 }
 
-at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const char* op) {
+// softmax (log false) or log_softmax (log true), as registered (kernel_lists.h).
+template <bool log>
+at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
+  constexpr const char* op = log ? "pyops::log_softmax" : "pyops::softmax";
   check_floating(op, self);
   dim = at::maybe_wrap_dim(dim, self.dim());
   const auto x = dense(self);
@@ -128,8 +130,9 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
   return out;
 }
 
-at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim,
-                                 bool log, const char* op) {
+template <bool log>
+at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  constexpr const char* op = log ? "pyops::log_softmax_backward" : "pyops::softmax_backward";
   check_same_meta(op, grad, out);
   check_floating(op, out);
   dim = at::maybe_wrap_dim(dim, out.dim());
@@ -160,29 +163,8 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
   return result;
 }
 
-at::Tensor softmax(const at::Tensor& self, int64_t dim) {
-  return softmax_forward(self, dim, false, "pyops::softmax");
-}
-
-at::Tensor log_softmax(const at::Tensor& self, int64_t dim) {
-  return softmax_forward(self, dim, true, "pyops::log_softmax");
-}
-
-at::Tensor softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return softmax_backward_impl(grad, out, dim, false, "pyops::softmax_backward");
-}
-
-at::Tensor log_softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return softmax_backward_impl(grad, out, dim, true, "pyops::log_softmax_backward");
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CPU, m) {
-  m.impl("softmax", &softmax);
-  m.impl("log_softmax", &log_softmax);
-  m.impl("softmax_backward", &softmax_backward);
-  m.impl("log_softmax_backward", &log_softmax_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CPU, m) { PYOPS_SOFTMAX_KERNELS(m); }
 
 }  // namespace pyops::cpu

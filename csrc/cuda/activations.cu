@@ -1,8 +1,7 @@
 // sigmoid, tanh, relu and their backward ops on CUDA: one elementwise kernel, 16-byte packs
 // where every pointer is aligned, a scalar tail otherwise.
 #include "common.cuh"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cuda {
 namespace {
@@ -168,14 +167,6 @@ at::Tensor relu_backward(const at::Tensor& grad, const at::Tensor& out) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
-  m.impl("sigmoid", &sigmoid);
-  m.impl("sigmoid_backward", &sigmoid_backward);
-  m.impl("tanh", &tanh);
-  m.impl("tanh_backward", &tanh_backward);
-  m.impl("relu", &relu);
-  m.impl("relu_", &relu_);
-  m.impl("relu_backward", &relu_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) { PYOPS_ACTIVATION_KERNELS(m); }
 
 }  // namespace pyops::cuda

@@ -14,8 +14,7 @@
 // thread) and its backward two to four: small, launch-bound shapes pay for little else.
 #include "row_walk.cuh"
 #include "../loss_inputs.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cuda {
 namespace {
@@ -648,13 +647,6 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
-  m.impl("cross_entropy", &cross_entropy);
-  m.impl("cross_entropy_backward", &cross_entropy_backward);
-  m.impl("cross_entropy_grad_in_forward", &cross_entropy_grad_in_forward);
-  m.impl("scale_unless_one_", &scale_unless_one_);
-  m.impl("nll_loss", &nll_loss);
-  m.impl("nll_loss_backward", &nll_loss_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) { PYOPS_CROSS_ENTROPY_KERNELS(m); }
 
 }  // namespace pyops::cuda

@@ -8,8 +8,7 @@
 // binary_cross_entropy outside [0, 1] trips a device-side assert, as in torch.
 #include "common.cuh"
 #include "../loss_inputs.h"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cuda {
 namespace {
@@ -281,54 +280,56 @@ __device__ __forceinline__ void check_margin_target(int64_t t, int64_t classes) 
   CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "target out of range");
 }
 
-template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(1024) multi_margin_kernel(const scalar_t* __restrict__ x,
-                                    const int64_t* __restrict__ targets,
-                                    const T* __restrict__ weight, int64_t rows, int64_t classes,
-                                    int p, T margin, T* __restrict__ losses) {
+// The row losses (losses), or with kBackward the input gradient, each upstream scale[r *
+// scale_stride], into gi: d/dx_j = scale * w_t / C * p * h^(p-1) for j != t, and minus their sum
+// at t.
+template <typename scalar_t, typename T, bool kBackward>
+__global__ void __launch_bounds__(1024) multi_margin_kernel(
+    const scalar_t* __restrict__ x, const int64_t* __restrict__ targets,
+    const T* __restrict__ weight, const T* __restrict__ scale, int64_t scale_stride, int64_t rows,
+    int64_t classes, int p, T margin, T* __restrict__ losses, scalar_t* __restrict__ gi) {
   __shared__ T shared[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = x + r * classes;
     const int64_t t = targets[r];
     check_margin_target(t, classes);
     const T shift = margin - static_cast<T>(row[t]), w_t = weight ? weight[t] : T(1);
+    const T coef = kBackward ? scale[r * scale_stride] * w_t / static_cast<T>(classes) *
+                                   (p == 1 ? T(1) : T(2))
+                             : w_t;
     T part = 0;
     for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
       if (j == t) continue;
       const T z = shift + static_cast<T>(row[j]);
-      const T h = z > T(0) ? z : T(0);
-      part += (p == 1 ? h : h * h) * w_t;  // weighted term by term, as torch
+      if constexpr (kBackward) {
+        const T g = z > T(0) ? (p == 1 ? coef : coef * z) : T(0);
+        gi[r * classes + j] = static_cast<scalar_t>(g);
+        part += g;
+      } else {
+        const T h = z > T(0) ? z : T(0);
+        part += (p == 1 ? h : h * h) * coef;  // weighted term by term, as torch
+      }
     }
     const T total = block_sum(part, shared);
-    if (threadIdx.x == 0) losses[r] = total / static_cast<T>(classes);
+    if (threadIdx.x != 0) continue;
+    if constexpr (kBackward) {
+      gi[r * classes + t] = static_cast<scalar_t>(-total);
+    } else {
+      losses[r] = total / static_cast<T>(classes);
+    }
   }
 }
 
-template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(1024) multi_margin_backward_kernel(const scalar_t* __restrict__ x,
-                                             const int64_t* __restrict__ targets,
-                                             const T* __restrict__ weight, const T* __restrict__ scale,
-                                             int64_t scale_stride, int64_t rows, int64_t classes,
-                                             int p, T margin, scalar_t* __restrict__ gi) {
-  __shared__ T shared[32];
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const scalar_t* row = x + r * classes;
-    const int64_t t = targets[r];
-    check_margin_target(t, classes);
-    const T shift = margin - static_cast<T>(row[t]);
-    const T coef = scale[r * scale_stride] * (weight ? weight[t] : T(1)) / static_cast<T>(classes) *
-                   (p == 1 ? T(1) : T(2));
-    T part = 0;
-    for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
-      if (j == t) continue;
-      const T z = shift + static_cast<T>(row[j]);
-      const T g = z > T(0) ? (p == 1 ? coef : coef * z) : T(0);
-      gi[r * classes + j] = static_cast<scalar_t>(g);
-      part += g;
-    }
-    const T total = block_sum(part, shared);
-    if (threadIdx.x == 0) gi[r * classes + t] = static_cast<scalar_t>(-total);
-  }
+template <typename scalar_t, typename T, bool kBackward>
+void launch_multi_margin(const MarginRows& m, int64_t p, double margin, const T* scale,
+                         int64_t scale_stride, T* losses, scalar_t* gi) {
+  if (m.rows == 0) return;
+  multi_margin_kernel<scalar_t, T, kBackward>
+      <<<row_blocks(m.rows), row_threads(m.classes), 0, at::cuda::getCurrentCUDAStream()>>>(
+          m.x.const_data_ptr<scalar_t>(), m.target.const_data_ptr<int64_t>(),
+          m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr, scale, scale_stride, m.rows,
+          m.classes, static_cast<int>(p), static_cast<T>(margin), losses, gi);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
@@ -338,21 +339,12 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
   const c10::cuda::CUDAGuard guard(input.device());
   const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
   auto losses = at::empty({m.rows}, input.options().dtype(acc_dtype(input.scalar_type())));
-  if (m.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
-      using T = at::opmath_type<scalar_t>;
-      multi_margin_kernel<<<row_blocks(m.rows), row_threads(m.classes), 0,
-                            at::cuda::getCurrentCUDAStream()>>>(
-          m.x.const_data_ptr<scalar_t>(), m.target.const_data_ptr<int64_t>(),
-          m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr, m.rows, m.classes,
-          static_cast<int>(p), static_cast<T>(margin), losses.mutable_data_ptr<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  std::vector<int64_t> shape;
-  if (input.dim() == 2) shape.push_back(m.rows);
-  return reduce_losses(losses, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
-                       shape, input.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_multi_margin<scalar_t, T, false>(m, p, margin, nullptr, 0, losses.mutable_data_ptr<T>(),
+                                            nullptr);
+  });
+  return margin_loss_output(losses, reduction, m, input);
 }
 
 at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
@@ -366,34 +358,17 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
   const auto scale = upstream_scale(
       grad, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows, acc);
   auto result = at::empty({m.rows, m.classes}, input.options());
-  if (m.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
-      using T = at::opmath_type<scalar_t>;
-      multi_margin_backward_kernel<<<row_blocks(m.rows), row_threads(m.classes), 0,
-                                     at::cuda::getCurrentCUDAStream()>>>(
-          m.x.const_data_ptr<scalar_t>(), m.target.const_data_ptr<int64_t>(),
-          m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr, scale.const_data_ptr<T>(),
-          reduction == kNone ? 1 : 0, m.rows, m.classes, static_cast<int>(p),
-          static_cast<T>(margin), result.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    using T = at::opmath_type<scalar_t>;
+    launch_multi_margin<scalar_t, T, true>(m, p, margin, scale.const_data_ptr<T>(),
+                                           reduction == kNone ? 1 : 0, nullptr,
+                                           result.mutable_data_ptr<scalar_t>());
+  });
   return result.view(input.sizes());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
-  m.impl("mse_loss", &mse_loss);
-  m.impl("mse_loss_backward", &mse_loss_backward);
-  m.impl("binary_cross_entropy_with_logits", &binary_cross_entropy_with_logits);
-  m.impl("binary_cross_entropy_with_logits_backward", &binary_cross_entropy_with_logits_backward);
-  m.impl("binary_cross_entropy", &binary_cross_entropy);
-  m.impl("binary_cross_entropy_backward", &binary_cross_entropy_backward);
-  m.impl("hinge_loss", &hinge_loss);
-  m.impl("hinge_loss_backward", &hinge_loss_backward);
-  m.impl("multi_margin_loss", &multi_margin_loss);
-  m.impl("multi_margin_loss_backward", &multi_margin_loss_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) { PYOPS_LOSS_KERNELS(m); }
 
 }  // namespace pyops::cuda

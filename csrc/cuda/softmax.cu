@@ -7,8 +7,7 @@
 //   inner > 1:  a thread per column; neighbouring threads read neighbouring columns, so the
 //               loads along the reduced dim coalesce.
 #include "row_walk.cuh"
-
-#include <torch/library.h>
+#include "../kernel_lists.h"
 
 namespace pyops::cuda {
 namespace {
@@ -168,7 +167,10 @@ __global__ void softmax_backward_columns_kernel(const scalar_t* __restrict__ gra
   }
 }
 
-at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const char* op) {
+// softmax (log false) or log_softmax (log true), as registered (kernel_lists.h).
+template <bool log>
+at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
+  constexpr const char* op = log ? "pyops::log_softmax" : "pyops::softmax";
   check_floating(op, self);
   dim = at::maybe_wrap_dim(dim, self.dim());
   const c10::cuda::CUDAGuard guard(self.device());
@@ -211,8 +213,9 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim, bool log, const 
   return out;
 }
 
-at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim,
-                                 bool log, const char* op) {
+template <bool log>
+at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
+  constexpr const char* op = log ? "pyops::log_softmax_backward" : "pyops::softmax_backward";
   check_same_meta(op, grad, out);
   check_floating(op, out);
   dim = at::maybe_wrap_dim(dim, out.dim());
@@ -259,26 +262,8 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
   return result;
 }
 
-at::Tensor softmax(const at::Tensor& self, int64_t dim) {
-  return softmax_forward(self, dim, false, "pyops::softmax");
-}
-at::Tensor log_softmax(const at::Tensor& self, int64_t dim) {
-  return softmax_forward(self, dim, true, "pyops::log_softmax");
-}
-at::Tensor softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return softmax_backward_impl(grad, out, dim, false, "pyops::softmax_backward");
-}
-at::Tensor log_softmax_backward(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  return softmax_backward_impl(grad, out, dim, true, "pyops::log_softmax_backward");
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
-  m.impl("softmax", &softmax);
-  m.impl("log_softmax", &log_softmax);
-  m.impl("softmax_backward", &softmax_backward);
-  m.impl("log_softmax_backward", &log_softmax_backward);
-}
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) { PYOPS_SOFTMAX_KERNELS(m); }
 
 }  // namespace pyops::cuda
