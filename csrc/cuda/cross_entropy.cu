@@ -147,8 +147,8 @@ ce_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
   }
 }
 
-// A row too long for one block, in a second-pass forward: a cluster of blocks per row (sm_90),
-// launched along x, cluster c walking positions c, c + clusters, ...; the row is read once.
+// A row too long for one block: a cluster of blocks per row (sm_90), launched along x, cluster c
+// walking positions c, c + clusters, ...; the row is read once.
 template <typename scalar_t, typename T, int kPacks>
 __global__ void __launch_bounds__(kStreamThreads)
 ce_cluster_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
@@ -412,14 +412,16 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
   if (s.inner == 1) {
     const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
     // Only a second pass over the row (the gradient, the smoothing term, soft targets) gains
-    // from holding it: the plain forward streams it once (80 % of copy at 8192x128256 float32).
+    // from one block holding it: the plain forward streams it once (80 % of copy at 8192x128256
+    // float32). A row one block cannot hold goes to a cluster of blocks where one fits: read
+    // once, its exps taken after the max is known (a streamed bfloat16 row reached 41 %).
     const bool second_pass = gi || q || out.smooth;
-    RowLaunch shape{0, 0};
-    if (second_pass) shape = row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024);
-    if (second_pass && packed && shape.packs_per_thread == 0 &&
+    RowLaunch shape = row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024);
+    if (packed && shape.packs_per_thread == 0 &&
         launch_forward_clusters(x, q, t, a, out, gi, scale, positions, stream)) {
       return;
     }
+    if (!second_pass) shape.packs_per_thread = 0;
     if (shape.packs_per_thread == 0) shape.threads = row_threads(s.dim, kStreamThreads);
     with_packs_per_thread(shape, [&](auto packs) {
       ce_rows_kernel<scalar_t, T, decltype(packs)::value>
