@@ -33,19 +33,33 @@ decltype(auto) below_autograd(Args&&... args) {
   return op<kName, Signature>().call(std::forward<Args>(args)...);
 }
 
-bool any_requires_grad(std::initializer_list<const Tensor*> tensors) {
-  for (const Tensor* t : tensors) {
-    if (t->defined() && t->requires_grad()) return true;
+using OptionalTensor = std::optional<Tensor>;
+
+bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && requires_grad(*t); }
+template <typename Scalar>
+bool requires_grad(const Scalar&) { return false; }
+
+// A Function's outputs as its operator returns them.
+template <typename Result>
+Result as_result(const Tensor& output) { return output; }
+template <typename Result>
+Result as_result(const variable_list& outputs) { return {outputs[0], outputs[1]}; }
+
+// The Autograd kernel of Function F's operator (F::kName, F::Signature): F records the call when
+// autograd would; otherwise the kernel below autograd runs, without building a node.
+template <typename F, typename Signature = typename F::Signature>
+struct AutogradKernel;
+
+template <typename F, typename Result, typename... Args>
+struct AutogradKernel<F, Result(Args...)> {
+  static Result call(Args... args) {
+    if (!at::GradMode::is_enabled() || !(requires_grad(args) || ...)) {
+      return below_autograd<F::kName, Result(Args...)>(args...);
+    }
+    return as_result<Result>(F::apply(args...));
   }
-  return false;
-}
-
-// Apply the Function only when autograd records it: a call without grad skips building a node.
-bool records_grad(std::initializer_list<const Tensor*> tensors) {
-  return at::GradMode::is_enabled() && any_requires_grad(tensors);
-}
-
-Tensor saved(AutogradContext* ctx, size_t i) { return ctx->get_saved_variables()[i]; }
+};
 
 using Binary = Tensor(const Tensor&, const Tensor&);
 using WithDim = Tensor(const Tensor&, int64_t);
@@ -63,8 +77,11 @@ constexpr char kReluBackward[] = "pyops::relu_backward";
 // y = f(x) or f(x, dim); the backward op takes the saved output: (grad, y) or (grad, y, dim).
 template <const char* kForward, const char* kBackward, typename... Dim>
 struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
+  static constexpr const char* kName = kForward;
+  using Signature = Tensor(const Tensor&, Dim...);
+
   static Tensor forward(AutogradContext* ctx, const Tensor& x, Dim... dim) {
-    auto out = below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
+    auto out = below_autograd<kName, Signature>(x, dim...);
     ctx->save_for_backward({out});
     ((ctx->saved_data["dim"] = dim), ...);
     return out;
@@ -73,18 +90,10 @@ struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list result(1 + sizeof...(Dim));  // nothing for dim
     result[0] = op<kBackward, Tensor(const Tensor&, const Tensor&, Dim...)>().call(
-        grads[0], saved(ctx, 0), ctx->saved_data["dim"].to<Dim>()...);
+        grads[0], ctx->get_saved_variables()[0], ctx->saved_data["dim"].to<Dim>()...);
     return result;
   }
 };
-
-template <const char* kForward, const char* kBackward, typename... Dim>
-Tensor saves_output_autograd(const Tensor& x, Dim... dim) {
-  if (!records_grad({&x})) {
-    return below_autograd<kForward, Tensor(const Tensor&, Dim...)>(x, dim...);
-  }
-  return SavesOutput<kForward, kBackward, Dim...>::apply(x, dim...);
-}
 
 // grad_in = g * f'(y): d/dg is the same backward op applied to the incoming gradient; d/dy
 // differentiates f'(y) written in terms of y (undefined where f' is piecewise constant).
@@ -100,14 +109,18 @@ Tensor tanh_second(const Tensor& gg, const Tensor& grad, const Tensor& out) {
 
 template <const char* kBackward, OutputDerivative kSecond>
 struct ActivationBackward : Function<ActivationBackward<kBackward, kSecond>> {
+  static constexpr const char* kName = kBackward;
+  using Signature = Binary;
+
   static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& out) {
     ctx->save_for_backward({grad, out});
-    return below_autograd<kBackward, Binary>(grad, out);
+    return below_autograd<kName, Signature>(grad, out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto& gg = grads[0];
-    const auto grad = saved(ctx, 0), out = saved(ctx, 1);
+    const auto saved = ctx->get_saved_variables();
+    const auto &grad = saved[0], &out = saved[1];
     Tensor d_grad, d_out;
     if (ctx->needs_input_grad(0)) d_grad = op<kBackward, Binary>().call(gg, out);
     if constexpr (kSecond != nullptr) {
@@ -116,12 +129,6 @@ struct ActivationBackward : Function<ActivationBackward<kBackward, kSecond>> {
     return {d_grad, d_out};
   }
 };
-
-template <const char* kBackward, OutputDerivative kSecond>
-Tensor activation_backward_autograd(const Tensor& grad, const Tensor& out) {
-  if (!records_grad({&grad, &out})) return below_autograd<kBackward, Binary>(grad, out);
-  return ActivationBackward<kBackward, kSecond>::apply(grad, out);
-}
 
 // ---- softmax, log_softmax ---------------------------------------------------------------
 
@@ -157,22 +164,20 @@ using SoftmaxSecond = variable_list (*)(AutogradContext*, const Tensor&, const T
 
 template <const char* kBackward, SoftmaxSecond kSecond>
 struct SoftmaxFamilyBackward : Function<SoftmaxFamilyBackward<kBackward, kSecond>> {
+  static constexpr const char* kName = kBackward;
+  using Signature = BinaryWithDim;
+
   static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& out, int64_t dim) {
     ctx->save_for_backward({grad, out});
     ctx->saved_data["dim"] = dim;
-    return below_autograd<kBackward, BinaryWithDim>(grad, out, dim);
+    return below_autograd<kName, Signature>(grad, out, dim);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return kSecond(ctx, grads[0], saved(ctx, 0), saved(ctx, 1), ctx->saved_data["dim"].toInt());
+    const auto saved = ctx->get_saved_variables();
+    return kSecond(ctx, grads[0], saved[0], saved[1], ctx->saved_data["dim"].toInt());
   }
 };
-
-template <const char* kBackward, SoftmaxSecond kSecond>
-Tensor softmax_family_backward_autograd(const Tensor& grad, const Tensor& out, int64_t dim) {
-  if (!records_grad({&grad, &out})) return below_autograd<kBackward, BinaryWithDim>(grad, out, dim);
-  return SoftmaxFamilyBackward<kBackward, kSecond>::apply(grad, out, dim);
-}
 
 // ---- cross_entropy, nll_loss: shared helpers ----------------------------------------------
 
@@ -181,7 +186,6 @@ constexpr char kCrossEntropyBackward[] = "pyops::cross_entropy_backward";
 constexpr char kNllLoss[] = "pyops::nll_loss";
 constexpr char kNllLossBackward[] = "pyops::nll_loss_backward";
 
-using OptionalTensor = std::optional<Tensor>;
 using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
                                                    const OptionalTensor&, int64_t, int64_t,
                                                    double);
@@ -246,10 +250,13 @@ Tensor reduce_positions(const Tensor& values, int64_t reduction, const Denominat
 // ---- cross_entropy ------------------------------------------------------------------------
 
 struct CrossEntropy : Function<CrossEntropy> {
+  static constexpr const char* kName = kCrossEntropy;
+  using Signature = CrossEntropySig;
+
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const OptionalTensor& weight, int64_t reduction,
                                int64_t ignore_index, double label_smoothing) {
-    auto [loss, lse] = below_autograd<kCrossEntropy, CrossEntropySig>(
+    auto [loss, lse] = below_autograd<kName, Signature>(
         input, target, weight, reduction, ignore_index, label_smoothing);
     ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
     save_loss_args(ctx, reduction, ignore_index);
@@ -260,7 +267,8 @@ struct CrossEntropy : Function<CrossEntropy> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto input = saved(ctx, 0), target = saved(ctx, 1), weight = saved(ctx, 2);
+    const auto saved = ctx->get_saved_variables();
+    const auto &input = saved[0], &target = saved[1], &weight = saved[2];
     const auto reduction = saved_int(ctx, "reduction");
     const double smoothing = ctx->saved_data["label_smoothing"].toDouble();
     const auto& grad_loss = grads[0];
@@ -269,7 +277,7 @@ struct CrossEntropy : Function<CrossEntropy> {
     if (ctx->needs_input_grad(0)) {
       grad_input = op<kCrossEntropyBackward, CrossEntropyBackwardSig>().call(
           grad_loss, input, target, optional(weight), reduction, saved_int(ctx, "ignore_index"),
-          smoothing, saved(ctx, 3));
+          smoothing, saved[3]);
     }
     if (ctx->needs_input_grad(1)) {  // probability targets: d loss / d q = -(1 - eps) w log p
       const auto wide = input.to(acc_dtype(input.scalar_type()));  // as the kernels compute
@@ -297,20 +305,23 @@ std::pair<Tensor, Tensor> target_weights(const Tensor& target, const Tensor& wei
 
 // Second order, in differentiable torch and pyops ops (slower than the fused kernels).
 struct CrossEntropyBackward : Function<CrossEntropyBackward> {
+  static constexpr const char* kName = kCrossEntropyBackward;
+  using Signature = CrossEntropyBackwardSig;
+
   static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
                         const Tensor& target, const OptionalTensor& weight, int64_t reduction,
                         int64_t ignore_index, double label_smoothing, const Tensor& lse) {
     ctx->save_for_backward({grad, input, target, weight.value_or(Tensor())});
     save_loss_args(ctx, reduction, ignore_index);
     ctx->saved_data["label_smoothing"] = label_smoothing;
-    return below_autograd<kCrossEntropyBackward, CrossEntropyBackwardSig>(
+    return below_autograd<kName, Signature>(
         grad, input, target, weight, reduction, ignore_index, label_smoothing, lse);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto& gg = grads[0];
-    const auto grad = saved(ctx, 0), input = saved(ctx, 1), target = saved(ctx, 2),
-               weight = saved(ctx, 3);
+    const auto saved = ctx->get_saved_variables();
+    const auto &grad = saved[0], &input = saved[1], &target = saved[2], &weight = saved[3];
     const auto reduction = saved_int(ctx, "reduction");
     const double eps = ctx->saved_data["label_smoothing"].toDouble();
     const auto dim = class_dim_of(input);
@@ -354,45 +365,23 @@ struct CrossEntropyBackward : Function<CrossEntropyBackward> {
   }
 };
 
-std::tuple<Tensor, Tensor> cross_entropy_autograd(const Tensor& input, const Tensor& target,
-                                                  const OptionalTensor& weight, int64_t reduction,
-                                                  int64_t ignore_index, double label_smoothing) {
-  const Tensor w = weight.value_or(Tensor());
-  if (!records_grad({&input, &target, &w})) {
-    return below_autograd<kCrossEntropy, CrossEntropySig>(input, target, weight, reduction,
-                                                          ignore_index, label_smoothing);
-  }
-  auto outputs =
-      CrossEntropy::apply(input, target, weight, reduction, ignore_index, label_smoothing);
-  return {outputs[0], outputs[1]};
-}
-
-Tensor cross_entropy_backward_autograd(const Tensor& grad, const Tensor& input,
-                                       const Tensor& target, const OptionalTensor& weight,
-                                       int64_t reduction, int64_t ignore_index,
-                                       double label_smoothing, const Tensor& lse) {
-  const Tensor w = weight.value_or(Tensor());
-  if (!records_grad({&grad, &input, &target, &w})) {
-    return below_autograd<kCrossEntropyBackward, CrossEntropyBackwardSig>(
-        grad, input, target, weight, reduction, ignore_index, label_smoothing, lse);
-  }
-  return CrossEntropyBackward::apply(grad, input, target, weight, reduction, ignore_index,
-                                     label_smoothing, lse);
-}
-
 // ---- nll_loss -------------------------------------------------------------------------------
 
 struct NllLoss : Function<NllLoss> {
+  static constexpr const char* kName = kNllLoss;
+  using Signature = NllLossSig;
+
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                         const OptionalTensor& weight, int64_t reduction, int64_t ignore_index) {
     ctx->save_for_backward({input, target, weight.value_or(Tensor())});
     save_loss_args(ctx, reduction, ignore_index);
-    return below_autograd<kNllLoss, NllLossSig>(input, target, weight, reduction, ignore_index);
+    return below_autograd<kName, Signature>(input, target, weight, reduction, ignore_index);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
     const auto grad_input = op<kNllLossBackward, NllLossBackwardSig>().call(
-        grads[0], saved(ctx, 0), saved(ctx, 1), optional(saved(ctx, 2)),
+        grads[0], saved[0], saved[1], optional(saved[2]),
         saved_int(ctx, "reduction"), saved_int(ctx, "ignore_index"));
     return {grad_input, Tensor(), Tensor(), Tensor(), Tensor()};
   }
@@ -400,19 +389,22 @@ struct NllLoss : Function<NllLoss> {
 
 // nll_loss_backward is linear in grad and constant in input: its adjoint is nll_loss itself.
 struct NllLossBackward : Function<NllLossBackward> {
+  static constexpr const char* kName = kNllLossBackward;
+  using Signature = NllLossBackwardSig;
+
   static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
                         const Tensor& target, const OptionalTensor& weight, int64_t reduction,
                         int64_t ignore_index) {
     ctx->save_for_backward({target, weight.value_or(Tensor())});
     save_loss_args(ctx, reduction, ignore_index);
-    return below_autograd<kNllLossBackward, NllLossBackwardSig>(grad, input, target, weight,
-                                                                reduction, ignore_index);
+    return below_autograd<kName, Signature>(grad, input, target, weight, reduction, ignore_index);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     Tensor d_grad;
     if (ctx->needs_input_grad(0)) {
-      d_grad = op<kNllLoss, NllLossSig>().call(grads[0], saved(ctx, 0), optional(saved(ctx, 1)),
+      const auto saved = ctx->get_saved_variables();
+      d_grad = op<kNllLoss, NllLossSig>().call(grads[0], saved[0], optional(saved[1]),
                                                 saved_int(ctx, "reduction"),
                                                 saved_int(ctx, "ignore_index"));
     }
@@ -420,44 +412,27 @@ struct NllLossBackward : Function<NllLossBackward> {
   }
 };
 
-Tensor nll_loss_autograd(const Tensor& input, const Tensor& target, const OptionalTensor& weight,
-                         int64_t reduction, int64_t ignore_index) {
-  const Tensor w = weight.value_or(Tensor());
-  if (!records_grad({&input, &target, &w})) {
-    return below_autograd<kNllLoss, NllLossSig>(input, target, weight, reduction, ignore_index);
-  }
-  return NllLoss::apply(input, target, weight, reduction, ignore_index);
-}
-
-Tensor nll_loss_backward_autograd(const Tensor& grad, const Tensor& input, const Tensor& target,
-                                  const OptionalTensor& weight, int64_t reduction,
-                                  int64_t ignore_index) {
-  const Tensor w = weight.value_or(Tensor());
-  if (!records_grad({&grad, &input, &target, &w})) {
-    return below_autograd<kNllLossBackward, NllLossBackwardSig>(grad, input, target, weight,
-                                                                reduction, ignore_index);
-  }
-  return NllLossBackward::apply(grad, input, target, weight, reduction, ignore_index);
-}
-
 }  // namespace
 }  // namespace pyops
 
 TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   using namespace pyops;
-  m.impl("sigmoid", &saves_output_autograd<kSigmoid, kSigmoidBackward>);
-  m.impl("tanh", &saves_output_autograd<kTanh, kTanhBackward>);
-  m.impl("relu", &saves_output_autograd<kRelu, kReluBackward>);
-  m.impl("sigmoid_backward", &activation_backward_autograd<kSigmoidBackward, sigmoid_second>);
-  m.impl("tanh_backward", &activation_backward_autograd<kTanhBackward, tanh_second>);
-  m.impl("relu_backward", &activation_backward_autograd<kReluBackward, nullptr>);
-  m.impl("softmax", &saves_output_autograd<kSoftmax, kSoftmaxBackward, int64_t>);
-  m.impl("log_softmax", &saves_output_autograd<kLogSoftmax, kLogSoftmaxBackward, int64_t>);
-  m.impl("softmax_backward", &softmax_family_backward_autograd<kSoftmaxBackward, softmax_second>);
+  m.impl("sigmoid", &AutogradKernel<SavesOutput<kSigmoid, kSigmoidBackward>>::call);
+  m.impl("tanh", &AutogradKernel<SavesOutput<kTanh, kTanhBackward>>::call);
+  m.impl("relu", &AutogradKernel<SavesOutput<kRelu, kReluBackward>>::call);
+  m.impl("sigmoid_backward",
+         &AutogradKernel<ActivationBackward<kSigmoidBackward, sigmoid_second>>::call);
+  m.impl("tanh_backward", &AutogradKernel<ActivationBackward<kTanhBackward, tanh_second>>::call);
+  m.impl("relu_backward", &AutogradKernel<ActivationBackward<kReluBackward, nullptr>>::call);
+  m.impl("softmax", &AutogradKernel<SavesOutput<kSoftmax, kSoftmaxBackward, int64_t>>::call);
+  m.impl("log_softmax",
+         &AutogradKernel<SavesOutput<kLogSoftmax, kLogSoftmaxBackward, int64_t>>::call);
+  m.impl("softmax_backward",
+         &AutogradKernel<SoftmaxFamilyBackward<kSoftmaxBackward, softmax_second>>::call);
   m.impl("log_softmax_backward",
-         &softmax_family_backward_autograd<kLogSoftmaxBackward, log_softmax_second>);
-  m.impl("cross_entropy", &cross_entropy_autograd);
-  m.impl("cross_entropy_backward", &cross_entropy_backward_autograd);
-  m.impl("nll_loss", &nll_loss_autograd);
-  m.impl("nll_loss_backward", &nll_loss_backward_autograd);
+         &AutogradKernel<SoftmaxFamilyBackward<kLogSoftmaxBackward, log_softmax_second>>::call);
+  m.impl("cross_entropy", &AutogradKernel<CrossEntropy>::call);
+  m.impl("cross_entropy_backward", &AutogradKernel<CrossEntropyBackward>::call);
+  m.impl("nll_loss", &AutogradKernel<NllLoss>::call);
+  m.impl("nll_loss_backward", &AutogradKernel<NllLossBackward>::call);
 }
