@@ -173,15 +173,11 @@ bool launch_forward_clusters(const scalar_t* x, const scalar_t* q, const int64_t
   const RowLaunch shape =
       cluster_row_launch<scalar_t>(a.classes, max_packs_per_thread<scalar_t>(), kStreamThreads);
   if (shape.threads > kStreamThreads) return false;
-  bool launched = false;
-  with_packs_per_thread(shape, [&](auto packs) {
-    if constexpr (decltype(packs)::value > 0) {
-      launched = launch_clusters(ce_cluster_rows_kernel<scalar_t, T, decltype(packs)::value>,
-                                 positions, shape.threads, stream, x, q, t, a, out, gi, scale,
-                                 positions);
-    }
-  });
-  return launched;
+  const auto kernel_of = [](auto packs) {
+    return ce_cluster_rows_kernel<scalar_t, T, decltype(packs)::value>;
+  };
+  return launch_clusters(shape, kernel_of, positions, stream, x, q, t, a, out, gi, scale,
+                         positions);
 }
 
 template <typename scalar_t, typename T>
@@ -311,6 +307,7 @@ at::Tensor denominator_of(const Prepared& p, int64_t ignore_index) {
 // targets with label smoothing); the target weights (class targets).
 struct PositionValues {
   at::Tensor rows, loss, smooth, weight;  // loss, smooth and weight are rows, or undefined
+  int smooth_row = -1, weight_row = -1;   // their indices in rows, -1 where absent
 };
 
 PositionValues position_values(int64_t positions, bool smooth, bool weight,
@@ -318,8 +315,15 @@ PositionValues position_values(int64_t positions, bool smooth, bool weight,
   PositionValues v;
   v.rows = at::empty({1 + int64_t{smooth} + int64_t{weight}, positions}, options);
   v.loss = v.rows[0];
-  if (smooth) v.smooth = v.rows[1];
-  if (weight) v.weight = v.rows[smooth ? 2 : 1];
+  int next = 1;
+  if (smooth) {
+    v.smooth_row = next++;
+    v.smooth = v.rows[v.smooth_row];
+  }
+  if (weight) {
+    v.weight_row = next++;
+    v.weight = v.rows[v.weight_row];
+  }
   return v;
 }
 
@@ -334,8 +338,8 @@ at::Tensor loss_output(const PositionValues& v, const Prepared& p, int64_t reduc
   }
   const auto sums = v.rows.sum(/*dim=*/1, /*keepdim=*/false, at::kDouble);
   auto out = at::empty({}, p.input.options());
-  const Finish f{v.smooth.defined() ? 1 : -1,
-                 v.weight.defined() ? (v.smooth.defined() ? 2 : 1) : -1,
+  const Finish f{v.smooth_row,
+                 v.weight_row,
                  soft_denominator_value(p),
                  reduction == kMean,
                  p.class_dim == 0 && !p.soft,

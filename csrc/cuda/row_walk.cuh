@@ -146,15 +146,21 @@ struct CachedWalk {
   }
   template <typename T>
   __device__ T sum(T v, Shared<T>& shared) const { return block_sum(v, shared.values); }
-  // The max first, then one exp per element: no rescaling, as the row is at hand.
   template <typename T = at::opmath_type<scalar_t>>
   __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
+    return max_sum_over([&](T v) { return block_max(v, shared.values); },
+                        [&](T v) { return block_sum(v, shared.values); });
+  }
+  // The max first, then one exp per element: no rescaling, as the row is at hand. max_of and
+  // sum_of finish the threads' parts over the row (a block's, or a cluster's).
+  template <typename T = at::opmath_type<scalar_t>, typename MaxOf, typename SumOf>
+  __device__ MaxSum<T> max_sum_over(MaxOf max_of, SumOf sum_of) const {
     T max = -INFINITY;
     each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
-    max = block_max(max, shared.values);
+    max = max_of(max);
     T total = 0;
     each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
-    return {max, block_sum(total, shared.values)};
+    return {max, sum_of(total)};
   }
 };
 
@@ -258,44 +264,14 @@ struct ClusterWalk {
   __device__ T sum(T v, Shared<T>& shared) const {
     return cluster_reduce(block_sum(v, shared.values), Plus{});
   }
-  // The max first, then one exp per element, as CachedWalk.
   template <typename T = at::opmath_type<scalar_t>>
   __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
-    T max = -INFINITY;
-    slice.each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
-    max = cluster_reduce(block_max(max, shared.values), NanMax{});
-    T total = 0;
-    slice.each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
-    return {max, cluster_reduce(block_sum(total, shared.values), Plus{})};
+    return slice.template max_sum_over<T>(
+        [&](T v) { return cluster_reduce(block_max(v, shared.values), NanMax{}); },
+        [&](T v) { return sum(v, shared); });
   }
 };
 #endif
-
-// Launches kernel in clusters of kClusterBlocks along x, a cluster per row (`rows` of them, the
-// kernel striding over any beyond the grid); false (nothing launched) where no cluster of that
-// shape fits the device, e.g. a partition with too few multiprocessors per GPC.
-template <typename Kernel, typename... Args>
-bool launch_clusters(Kernel kernel, int64_t rows, int threads, cudaStream_t stream,
-                     Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(rows, 1 << 27) * kClusterBlocks));
-  config.blockDim = dim3(threads);
-  config.stream = stream;
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = kClusterBlocks;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  int fitting = 0;
-  if (cudaOccupancyMaxActiveClusters(&fitting, kernel, &config) != cudaSuccess || fitting == 0) {
-    (void)cudaGetLastError();  // not sticky: clear it, the caller takes another kernel
-    return false;
-  }
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
-  return true;
-}
 
 // Launch shape of a block-per-row kernel: kPacks packs per thread held in registers
 // (CachedWalk), or 0 for BlockWalk.
@@ -350,6 +326,42 @@ void with_packs_per_thread(const RowLaunch& shape, Launch launch) {
     case 16: return launch(std::integral_constant<int, 16>{});
     default: return launch(std::integral_constant<int, 0>{});
   }
+}
+
+// Launches kernel_of(std::integral_constant<int, kPacks>) with shape's packs per thread, in
+// clusters of kClusterBlocks along x, a cluster per row (`rows` of them, the kernel striding over
+// any beyond the grid). False (nothing launched) where shape holds no row in registers or no
+// cluster of that shape fits the device, e.g. a partition with too few multiprocessors per GPC.
+template <typename KernelOf, typename... Args>
+bool launch_clusters(const RowLaunch& shape, KernelOf kernel_of, int64_t rows,
+                     cudaStream_t stream, Args... args) {
+  bool launched = false;
+  with_packs_per_thread(shape, [&](auto packs) {
+    if constexpr (decltype(packs)::value > 0) {
+      const auto kernel = kernel_of(packs);
+      cudaLaunchConfig_t config = {};
+      config.gridDim =
+          dim3(static_cast<unsigned>(std::min<int64_t>(rows, 1 << 27) * kClusterBlocks));
+      config.blockDim = dim3(shape.threads);
+      config.stream = stream;
+      cudaLaunchAttribute cluster;
+      cluster.id = cudaLaunchAttributeClusterDimension;
+      cluster.val.clusterDim.x = kClusterBlocks;
+      cluster.val.clusterDim.y = 1;
+      cluster.val.clusterDim.z = 1;
+      config.attrs = &cluster;
+      config.numAttrs = 1;
+      int fitting = 0;
+      if (cudaOccupancyMaxActiveClusters(&fitting, kernel, &config) != cudaSuccess ||
+          fitting == 0) {
+        (void)cudaGetLastError();  // not sticky: clear it, the caller takes another kernel
+        return;
+      }
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+      launched = true;
+    }
+  });
+  return launched;
 }
 
 // The walk of row `row` (n elements from x + row * n) for a kernel instantiated with kPacks.

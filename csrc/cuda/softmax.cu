@@ -190,14 +190,10 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
                                     ? cluster_row_launch<scalar_t>(
                                           s.dim, max_packs_per_thread<scalar_t>(), 256)
                                     : RowLaunch{0, 0};
-      bool launched = false;
-      with_packs_per_thread(cluster, [&](auto packs) {
-        if constexpr (decltype(packs)::value > 0) {
-          launched = launch_clusters(softmax_cluster_rows_kernel<scalar_t, decltype(packs)::value>,
-                                     s.outer, cluster.threads, stream, in, o, s.outer, s.dim, log);
-        }
-      });
-      if (!launched) {
+      const auto kernel_of = [](auto packs) {
+        return softmax_cluster_rows_kernel<scalar_t, decltype(packs)::value>;
+      };
+      if (!launch_clusters(cluster, kernel_of, s.outer, stream, in, o, s.outer, s.dim, log)) {
         with_packs_per_thread(shape, [&](auto packs) {
           softmax_rows_kernel<scalar_t, decltype(packs)::value>
               <<<row_blocks(s.outer), shape.threads, 0, stream>>>(in, o, s.outer, s.dim, packed,
@@ -238,15 +234,10 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
       const RowLaunch cluster = packed && shape.packs_per_thread == 0
                                     ? cluster_row_launch<scalar_t>(s.dim, max_packs, 256)
                                     : RowLaunch{0, 0};
-      bool launched = false;
-      with_packs_per_thread(cluster, [&](auto packs) {
-        if constexpr (decltype(packs)::value > 0) {
-          launched = launch_clusters(
-              softmax_backward_cluster_rows_kernel<scalar_t, decltype(packs)::value>, s.outer,
-              cluster.threads, stream, gp, yp, rp, s.outer, s.dim, log);
-        }
-      });
-      if (!launched) {
+      const auto kernel_of = [](auto packs) {
+        return softmax_backward_cluster_rows_kernel<scalar_t, decltype(packs)::value>;
+      };
+      if (!launch_clusters(cluster, kernel_of, s.outer, stream, gp, yp, rp, s.outer, s.dim, log)) {
         with_packs_per_thread(shape, [&](auto packs) {
           softmax_backward_rows_kernel<scalar_t, decltype(packs)::value>
               <<<row_blocks(s.outer), shape.threads, 0, stream>>>(gp, yp, rp, s.outer, s.dim,
