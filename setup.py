@@ -13,7 +13,14 @@ import os
 import platform
 
 from setuptools import setup
-import torch
+
+try:
+    import torch
+except ImportError:
+    # pip's build isolation: a fresh environment would hold some other torch, or none. The
+    # compiled parts must match the torch they run with, so the build uses the installed one.
+    raise SystemExit("pyops compiles against the torch it will run with: install torch first, "
+                     "then build without isolation: pip install --no-build-isolation .")
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +58,15 @@ def abi_flags():
     """torch's C++ string ABI, stated rather than left to the compiler's default: std::string
     crosses into libtorch (error messages), so both sides must lay it out alike."""
     return [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
+def openmp_flags():
+    """ATen's parallel_for is header code: serial unless the including library is compiled with
+    OpenMP, as torch is. GCC's runtime has the soname of the libgomp torch loads, so both share
+    one runtime, one thread pool and torch.set_num_threads."""
+    if not torch.backends.openmp.is_available():
+        return []
+    return ["-fopenmp"]
 
 
 def common_flags():
@@ -101,17 +117,27 @@ def core_extension(compile_flags, link_flags):
     )
 
 
+def record_torch(with_cuda):
+    """pyops/_built_for.py: the torch this build is for, checked at import before any compiled
+    part loads (pyops/_loader.py)."""
+    with open(os.path.join(ROOT, "pyops", "_built_for.py"), "w") as f:
+        f.write("# Written by setup.py: the torch the compiled parts were built for.\n"
+                f"TORCH_VERSION = {torch.__version__!r}\n"
+                f"TORCH_CUDA = {torch.version.cuda if with_cuda else None!r}\n")
+
+
 def extensions():
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
     compile_flags, link_flags = common_flags()
+    record_torch(want_cuda())
     exts = [core_extension(compile_flags, link_flags)]
     for isa, flags in cpu_isa_flags().items():
         exts.append(
             CppExtension(
                 f"pyops._cpu_{isa}",
                 cpu_sources,
-                extra_compile_args={"cxx": compile_flags + flags},
-                extra_link_args=link_flags,
+                extra_compile_args={"cxx": compile_flags + openmp_flags() + flags},
+                extra_link_args=link_flags + openmp_flags(),
             )
         )
     return exts

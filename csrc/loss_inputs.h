@@ -17,6 +17,19 @@ inline void check_reduction(int64_t reduction) {
               "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", num_str(reduction));
 }
 
+// The sum of t's elements, in double. ATen's CPU sum of one output splits the elements by the
+// number of threads, so its rounding would change with torch.set_num_threads; here fixed blocks,
+// each below ATen's grain (so summed on one thread), are summed and then added in order. ATen's
+// CUDA sum does not depend on threads.
+inline at::Tensor fixed_order_sum(const at::Tensor& t) {
+  constexpr int64_t kBlock = 1 << 14;
+  const auto flat = t.reshape({-1});
+  const int64_t full = flat.numel() / kBlock * kBlock;
+  if (!flat.is_cpu() || full == 0) return flat.sum(at::kDouble);
+  const auto blocks = flat.narrow(0, 0, full).view({-1, kBlock}).sum(1, false, at::kDouble);
+  return fixed_order_sum(blocks) + flat.narrow(0, full, flat.numel() - full).sum(at::kDouble);
+}
+
 // The loss output from per-element losses (in the accumulation dtype): the losses themselves in
 // `shape` for 'none'; their sum for 'sum'; their sum over `denominator` (a 0-dim tensor) for
 // 'mean', which is NaN when the denominator is 0, as in torch.
@@ -24,7 +37,7 @@ inline at::Tensor reduce_losses(const at::Tensor& losses, int64_t reduction,
                                 const at::Tensor& denominator, at::IntArrayRef shape,
                                 at::ScalarType dtype) {
   if (reduction == kNone) return losses.view(shape).to(dtype);
-  const auto total = losses.sum(at::kDouble);
+  const auto total = fixed_order_sum(losses);
   return (reduction == kSum ? total : total / denominator.to(at::kDouble)).to(dtype);
 }
 

@@ -10,6 +10,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <atomic>
+#include <cstdint>
 #include <tuple>
 
 #ifdef __linux__
@@ -48,6 +50,29 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return out;
 }
 
+// ---- threads ---------------------------------------------------------------------------------
+
+// Which of torch's intra-op threads ran pyops work while tracing was on (bit i: thread i), so
+// that a test can prove no kernel runs serially. Off, it costs one relaxed load per chunk.
+struct ThreadTrace {
+  std::atomic<bool> on{false};
+  std::atomic<uint64_t> seen{0};
+};
+inline ThreadTrace thread_trace;
+
+// at::parallel_for, through which every CPU kernel splits its work. The libraries are built with
+// OpenMP, as torch is, so this runs on torch's thread pool and honours torch.set_num_threads.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    if (thread_trace.on.load(std::memory_order_relaxed)) {
+      thread_trace.seen.fetch_or(uint64_t{1} << (at::get_thread_num() % 64),
+                                 std::memory_order_relaxed);
+    }
+    f(b, e);
+  });
+}
+
 template <typename scalar_t>
 inline at::vec::Vectorized<scalar_t> load(const scalar_t* p, int64_t count) {
   using Vec = at::vec::Vectorized<scalar_t>;
@@ -77,7 +102,7 @@ inline void vec_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*
 // vec_map over n elements, split across threads.
 template <typename scalar_t, typename VecFn, typename... Inputs>
 void parallel_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
-  at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+  parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
     vec_map(vec_fn, out + begin, end - begin, (in + begin)...);
   });
 }

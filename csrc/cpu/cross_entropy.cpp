@@ -245,10 +245,10 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
         : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
     const V vq(wq_sum);
     if (a.weight) {
-      vec_map([&](V w, V qv, V v) { return vs * ((v - vlse).exp() * vq - w * (qv * vkeep + veps)); },
+      row_map([&](V w, V qv, V v) { return vs * ((v - vlse).exp() * vq - w * (qv * vkeep + veps)); },
               gi, C, a.weight, q, x);
     } else {
-      vec_map([&](V qv, V v) { return vs * ((v - vlse).exp() * vq - (qv * vkeep + veps)); }, gi, C,
+      row_map([&](V qv, V v) { return vs * ((v - vlse).exp() * vq - (qv * vkeep + veps)); }, gi, C,
               q, x);
     }
     return;
@@ -256,9 +256,9 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
   const int64_t t = checked_target(target, C);
   const V va(keep * a.w(t) + eps_c * a.weight_sum);
   if (a.weight) {
-    vec_map([&](V w, V v) { return vs * ((v - vlse).exp() * va - veps * w); }, gi, C, a.weight, x);
+    row_map([&](V w, V v) { return vs * ((v - vlse).exp() * va - veps * w); }, gi, C, a.weight, x);
   } else {
-    vec_map([&](V v) { return vs * ((v - vlse).exp() * va - veps); }, gi, C, x);
+    row_map([&](V v) { return vs * ((v - vlse).exp() * va - veps); }, gi, C, x);
   }
   gi[t] -= scale * keep * a.w(t);
 }
@@ -397,7 +397,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
     const int64_t* tp = prep.target.const_data_ptr<int64_t>();
     T* lp = losses.mutable_data_ptr<T>();
-    at::parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+    parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         if (tp[p] == ignore_index) {
           lp[p] = 0;
@@ -427,7 +427,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
     const GradScale<T> scale(grad, reduction, target_weight_sum(prep.target, args), positions);
     const int64_t* tp = prep.target.const_data_ptr<int64_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+    parallel_for(0, positions, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         if (tp[p] == ignore_index) continue;
         const int64_t t = checked_target(tp[p], s.dim);

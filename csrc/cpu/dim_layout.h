@@ -8,6 +8,9 @@
 
 #include "common.h"
 
+#include <cmath>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -18,27 +21,56 @@ using at::vec::Vectorized;
 
 // ---- reductions along a contiguous row ------------------------------------------------------
 
-template <typename T>
-T row_max(const T* x, int64_t n) {
-  return at::vec::reduce_all<T>([](auto& a, auto& b) { return at::vec::maximum(a, b); }, x, n);
-}
-
 // Sums are taken in blocks and the block sums added up, so long rows keep float accuracy
 // (a single running sum of n terms loses about n/16 ulps).
 constexpr int64_t kSumBlock = 1024;
 
-template <typename T, typename BlockSum>
-T blocked_sum(int64_t n, const BlockSum& block_sum) {
-  T total = 0;
-  for (int64_t i = 0; i < n; i += kSumBlock) total += block_sum(i, std::min(kSumBlock, n - i));
+// A row too long for one thread's share is split into chunks of at least this many blocks: as
+// ATen's grain for work with a transcendental per element, GRAIN_SIZE / 8 elements.
+constexpr int64_t kRowGrainBlocks = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * kSumBlock));
+
+// Whether the row helpers below split a row of n elements across threads: only where no
+// parallel region already spreads rows over the threads (a few long rows; see for_each_piece).
+inline bool split_row(int64_t n) {
+  return n >= 2 * kRowGrainBlocks * kSumBlock && !at::in_parallel_region() &&
+         at::get_num_threads() > 1;
+}
+
+// combine(... combine(init, block_fn(0, len0)) ..., block_fn(last)) over the blocks of kSumBlock
+// elements of [0, n): blocks computed on any threads, combined in block order, so the result has
+// the same bits on one thread or many.
+template <typename T, typename BlockFn, typename Combine>
+T blocked_reduce(int64_t n, T init, const BlockFn& block_fn, const Combine& combine) {
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  const auto block = [&](int64_t b) {
+    return block_fn(b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock));
+  };
+  T total = init;
+  if (!split_row(n)) {
+    for (int64_t b = 0; b < blocks; ++b) total = combine(total, block(b));
+    return total;
+  }
+  std::vector<T> partial(blocks);
+  parallel_for(0, blocks, kRowGrainBlocks, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) partial[b] = block(b);
+  });
+  for (const T p : partial) total = combine(total, p);
   return total;
 }
 
-// Sum over i < n of vec_fn(in0[i], in1[i], ...), taken in blocks (see blocked_sum).
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  const auto max = [](T a, T b) { return std::isnan(a) || a > b ? a : b; };  // NaN wins
+  return blocked_reduce<T>(n, -std::numeric_limits<T>::infinity(), [&](int64_t i, int64_t len) {
+    return at::vec::reduce_all<T>([](auto& a, auto& b) { return at::vec::maximum(a, b); }, x + i, len);
+  }, max);
+}
+
+// Sum over i < n of vec_fn(in0[i], in1[i], ...), taken in blocks.
 template <typename T, typename VecFn, typename... Inputs>
 T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
   using V = Vectorized<T>;
-  return blocked_sum<T>(n, [&](int64_t begin, int64_t len) {
+  return blocked_reduce<T>(n, T(0), [&](int64_t begin, int64_t len) {
     V acc(0);
     int64_t i = begin;
     for (; i + V::size() <= begin + len; i += V::size()) acc = acc + vec_fn(V::loadu(in + i)...);
@@ -46,6 +78,24 @@ T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
       acc = V::set(acc, acc + vec_fn(load(in + i, rest)...), rest);
     }
     return at::vec::vec_reduce_all<T>([](V x, V y) { return x + y; }, acc);
+  }, std::plus<T>());
+}
+
+// vec_map over a row, split across threads where split_row says so.
+template <typename scalar_t, typename VecFn, typename... Inputs>
+void row_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
+  if (!split_row(n)) return vec_map(vec_fn, out, n, in...);
+  parallel_for(0, n, kRowGrainBlocks * kSumBlock, [&](int64_t begin, int64_t end) {
+    vec_map(vec_fn, out + begin, end - begin, (in + begin)...);
+  });
+}
+
+// at::vec::convert over a row, split as row_map.
+template <typename From, typename To>
+void convert_row(const From* from, To* to, int64_t n) {
+  if (!split_row(n)) return at::vec::convert(from, to, n);
+  parallel_for(0, n, kRowGrainBlocks * kSumBlock, [&](int64_t begin, int64_t end) {
+    at::vec::convert(from + begin, to + begin, end - begin);
   });
 }
 
@@ -73,7 +123,7 @@ void for_each_column_vec(int64_t width, const Fn& fn) {
 }
 
 // Calls row_fn(d, partial) for every row d, with partial sums that are added into `total`
-// every kSumBlock rows (see blocked_sum).
+// every kSumBlock rows, in order (as blocked_reduce).
 template <typename V, typename RowFn>
 void for_each_row_block(int64_t rows, V* total, int64_t width, const RowFn& row_fn) {
   using T = typename V::value_type;
@@ -108,7 +158,7 @@ struct Stage {
     if constexpr (kConvert) {
       buf[i].resize(p.rows * p.width);
       for (int64_t r = 0; r < p.rows; ++r) {
-        at::vec::convert(base + p.offset + r * p.stride, buf[i].data() + r * p.width, p.width);
+        convert_row(base + p.offset + r * p.stride, buf[i].data() + r * p.width, p.width);
       }
       return buf[i].data();
     } else {
@@ -126,27 +176,36 @@ struct Stage {
   void store(int i, scalar_t* base, const Piece& p) {
     if constexpr (kConvert) {
       for (int64_t r = 0; r < p.rows; ++r) {
-        at::vec::convert(buf[i].data() + r * p.width, base + p.offset + r * p.stride, p.width);
+        convert_row(buf[i].data() + r * p.width, base + p.offset + r * p.stride, p.width);
       }
     }
   }
 };
 
 // Runs body(piece) over every piece of `s`, in parallel: whole rows when inner == 1, tiles of
-// up to tile_width<T>() columns otherwise.
+// up to tile_width<T>() columns otherwise. Rows too few for every thread run one after another,
+// each split across the threads by the row helpers above.
 template <typename T, typename Body>
 void for_each_piece(const Shape3& s, const Body& body) {
   if (s.inner == 1) {
+    const auto row = [&](int64_t r) { body(Piece{r * s.dim, 1, s.dim, s.dim}); };
+    if (s.outer < at::get_num_threads() && split_row(s.dim)) {
+      for (int64_t r = 0; r < s.outer; ++r) row(r);
+      return;
+    }
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * s.dim));
-    at::parallel_for(0, s.outer, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) body(Piece{r * s.dim, 1, s.dim, s.dim});
+    parallel_for(0, s.outer, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) row(r);
     });
     return;
   }
-  constexpr int64_t tw = tile_width<T>();
+  // Too few tiles for every thread: tiles one vector wide. Columns are independent, so their
+  // bits do not depend on the tile width.
+  int64_t tw = tile_width<T>();
+  if (s.outer * ((s.inner + tw - 1) / tw) < at::get_num_threads()) tw = Vectorized<T>::size();
   const int64_t tiles_per_outer = (s.inner + tw - 1) / tw;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * s.dim * tw));
-  at::parallel_for(0, s.outer * tiles_per_outer, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, s.outer * tiles_per_outer, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = t / tiles_per_outer, j = (t % tiles_per_outer) * tw;
       body(Piece{o * s.dim * s.inner + j, s.dim, std::min(tw, s.inner - j), s.inner});

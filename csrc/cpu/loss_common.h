@@ -84,7 +84,7 @@ void store_lanes(scalar_t* out, int64_t count, const V& v) {
 // out[i] = fn(values of element i) for i < n, threaded.
 template <typename scalar_t, typename Fn>
 void elementwise_store(const Operands<scalar_t>& ops, scalar_t* out, int64_t n, const Fn& fn) {
-  at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+  parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
     for_each_vector(ops, begin, end, [&](int64_t i, int64_t count, const auto& v) {
       store_lanes(out + i, count, fn(v));
     });
@@ -100,7 +100,7 @@ double elementwise_sum(const Operands<scalar_t>& ops, int64_t n, const Fn& fn) {
   constexpr int64_t kBlock = 1 << 15;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(blocks);
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       V acc(0);
       for_each_vector(ops, b * kBlock, std::min(n, (b + 1) * kBlock),

@@ -77,7 +77,7 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
 // ---- mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch ------------------
 
 double mse_denominator(const Elementwise& e) {
-  return e.w.defined() ? e.w.sum(at::kDouble).item<double>() : static_cast<double>(e.x.numel());
+  return e.w.defined() ? fixed_order_sum(e.w).item<double>() : static_cast<double>(e.x.numel());
 }
 
 at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
@@ -221,7 +221,7 @@ void for_each_margin_row(const MarginRows& m, const Fn& fn) {
   const int64_t* tp = m.target.const_data_ptr<int64_t>();
   const T* wp = m.weight.defined() ? m.weight.const_data_ptr<T>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / m.classes);
-  at::parallel_for(0, m.rows, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, m.rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> widened;
     for (int64_t r = begin; r < end; ++r) {
       const T* x;

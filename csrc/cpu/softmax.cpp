@@ -11,9 +11,9 @@ template <typename T>
 void softmax_row(const T* x, T* y, int64_t n) {
   using V = Vectorized<T>;
   const V max(row_max(x, n));
-  vec_map([&](V v) { return (v - max).exp(); }, y, n, x);
+  row_map([&](V v) { return (v - max).exp(); }, y, n, x);
   const V scale(T(1) / row_sum(y, n));
-  vec_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(y));
+  row_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(y));
 }
 
 template <typename T>
@@ -23,7 +23,7 @@ void log_softmax_row(const T* x, T* y, int64_t n) {
   const T sum = row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, n, x);
   // (x - max) - log(sum), not x - (max + log(sum)): the latter absorbs log(sum) when |max| is huge.
   const V log_sum(std::log(sum));
-  vec_map([&](V v) { return (v - vmax) - log_sum; }, y, n, x);
+  row_map([&](V v) { return (v - vmax) - log_sum; }, y, n, x);
 }
 
 // grad_in = y * (g - sum(g * y))
@@ -31,7 +31,7 @@ template <typename T>
 void softmax_backward_row(const T* g, const T* y, T* out, int64_t n) {
   using V = Vectorized<T>;
   const V dot(row_dot(g, y, n));
-  vec_map([&](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
+  row_map([&](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
 }
 
 // grad_in = g - exp(y) * sum(g)
@@ -39,7 +39,7 @@ template <typename T>
 void log_softmax_backward_row(const T* g, const T* y, T* out, int64_t n) {
   using V = Vectorized<T>;
   const V sum(row_sum(g, n));
-  vec_map([&](V gv, V yv) { return gv - yv.exp() * sum; }, out, n, g, y);
+  row_map([&](V gv, V yv) { return gv - yv.exp() * sum; }, out, n, g, y);
 }
 
 // ---- tile kernels: `rows` rows of `width` columns, row stride `stride` ---------------------
