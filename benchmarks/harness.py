@@ -149,12 +149,11 @@ def machine_info(device):
 
     info = {
         "cpu": _cpu_model(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # all; each record says what it ran at
         "torch": torch.__version__,
         "pyops": pyops.__version__,
         "pyops_cpu_isa": pyops.build_info()["cpu_isa"],
         "git_commit": _git_commit(),
-        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if device == "cuda":

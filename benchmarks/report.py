@@ -4,7 +4,8 @@ import collections
 import json
 import math
 
-KEY_FIELDS = ("op", "direction", "dtype", "shape", "params", "impl")
+KEY_FIELDS = ("op", "direction", "dtype", "shape", "params", "threads", "huge_pages", "impl")
+CASE_FIELDS = KEY_FIELDS[:-1]
 
 
 def _fmt_time(seconds):
@@ -26,19 +27,32 @@ def _fmt_bytes(n):
 
 
 def _rows_by_case(records):
+    """Records grouped by case and setting (thread count, huge pages), in the order measured."""
     cases = collections.OrderedDict()
     for r in records:
-        cases.setdefault((r["op"], r["direction"], r["dtype"], r["shape"], r["params"]), []).append(r)
+        cases.setdefault(tuple(r.get(f) for f in CASE_FIELDS), []).append(r)
     return cases
 
 
-HEADER = ["op", "dir", "dtype", "shape", "impl", "median", "GB/s", "% copy", "peak extra", "vs torch"]
+def setting(threads, huge_pages):
+    """A short name of a measurement setting, e.g. '2 thr' or '1 thr, huge pages'."""
+    if threads is None:  # a run from before settings were recorded
+        return "default"
+    return f"{threads} thr" + (", huge pages" if huge_pages else "")
+
+
+def _settings(records):
+    return list(dict.fromkeys((r.get("threads"), r.get("huge_pages")) for r in records))
+
+
+HEADER = ["op", "dir", "dtype", "shape", "setting", "impl", "median", "GB/s", "% copy",
+          "peak extra", "vs torch"]
 
 
 def table_rows(records):
     """One row per implementation; the fastest of each case carries a '*'."""
     rows = []
-    for (op, direction, dtype, shape, params), group in _rows_by_case(records).items():
+    for (op, direction, dtype, shape, params, threads, huge), group in _rows_by_case(records).items():
         timed = [r for r in group if r["median_s"] is not None]
         best = min(timed, key=lambda r: r["median_s"]) if timed else None
         for r in group:
@@ -46,7 +60,8 @@ def table_rows(records):
             if r.get("missing"):
                 name += f" (missing: {r['missing'][:60]})"
             rows.append([
-                op, direction, dtype, shape + (f" {params}" if params else ""), name,
+                op, direction, dtype, shape + (f" {params}" if params else ""),
+                setting(threads, huge), name,
                 _fmt_time(r["median_s"]),
                 "-" if r["gbps"] is None else f"{r['gbps']:.1f}",
                 "-" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%",
@@ -74,7 +89,13 @@ def markdown_report(results):
                "is faster); `*` marks the fastest implementation of a row.")
     out += ["", "## Summary", "",
             "Time ratio, geometric mean over the shapes and dtypes measured (number of rows in "
-            "brackets); below 1 means pyops is faster.", "", summary_markdown(results["records"])]
+            "brackets); below 1 means pyops is faster. Each peer is compared in the same setting: "
+            "thread count, and torch's huge-page allocation (THP_MEM_ALLOC_ENABLE=1) on or off.",
+            "", summary_markdown(results["records"])]
+    if results.get("device", "cpu") == "cpu":
+        out += ["", "## Thread scaling", "",
+                "Time at N threads over time at one thread, geometric mean over shapes and "
+                "dtypes; 1/N would be perfect.", "", scaling_markdown(results["records"])]
     by_op = collections.OrderedDict()
     for r in results["records"]:
         by_op.setdefault(r["op"], []).append(r)
@@ -90,36 +111,74 @@ def _geomean(values):
 
 
 def summary(records, impl="pyops"):
-    """Geometric mean of impl's time ratio against torch, per op and direction."""
+    """Geometric mean of impl's time ratio against torch, per op, direction and setting."""
     groups = collections.OrderedDict()
     for r in records:
         if r["impl"] == impl and r["ratio_vs_torch"]:
-            groups.setdefault((r["op"], r["direction"]), []).append(r["ratio_vs_torch"])
-    return [(op, d, _geomean(v), len(v)) for (op, d), v in groups.items()]
+            key = (r["op"], r["direction"], r.get("threads"), r.get("huge_pages"))
+            groups.setdefault(key, []).append(r["ratio_vs_torch"])
+    return [(*key, _geomean(v), len(v)) for key, v in groups.items()]
 
 
 def summary_markdown(records):
-    """Per op and direction: pyops' time over each peer's, geometric mean over shapes and dtypes."""
+    """Per op and direction: pyops' time over each peer's in the same setting, geometric mean over
+    shapes and dtypes; a column per peer and setting."""
     peers = [p for p in dict.fromkeys(r["impl"] for r in records) if not p.startswith("pyops")]
+    columns = [(p, st) for p in peers for st in _settings(records)]
     ratios = collections.OrderedDict()
-    for (op, direction, *_), group in _rows_by_case(records).items():
+    for (op, direction, _, _, _, threads, huge), group in _rows_by_case(records).items():
         times = {r["impl"]: r["median_s"] for r in group if r["median_s"]}
         if "pyops" not in times:
             continue
-        row = ratios.setdefault((op, direction), {p: [] for p in peers})
+        row = ratios.setdefault((op, direction), {c: [] for c in columns})
         for p in peers:
             if p in times:
-                row[p].append(times["pyops"] / times[p])
-    lines = ["| op | dir | " + " | ".join(f"pyops / {p}" for p in peers) + " |",
-             "|---|---|" + "---|" * len(peers)]
+                row[(p, (threads, huge))].append(times["pyops"] / times[p])
+    lines = ["| op | dir | " + " | ".join(f"pyops / {p} ({setting(*st)})" for p, st in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for (op, direction), row in ratios.items():
         cells = [f"{_geomean(v):.2f} ({len(v)})" if v else "-" for v in row.values()]
         lines.append(f"| {op} | {direction} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def scaling(records):
+    """{(impl, op, direction, huge_pages, threads): geometric mean over shapes and dtypes of the
+    time at `threads` over the time at one thread}, for thread counts above one."""
+    one = {}
+    for r in records:
+        if r.get("threads") == 1 and r["median_s"]:
+            one[tuple(r.get(f) for f in KEY_FIELDS if f != "threads")] = r["median_s"]
+    groups = collections.OrderedDict()
+    for r in records:
+        base = one.get(tuple(r.get(f) for f in KEY_FIELDS if f != "threads"))
+        if r.get("threads", 1) > 1 and r["median_s"] and base:
+            key = (r["impl"], r["op"], r["direction"], r.get("huge_pages"), r["threads"])
+            groups.setdefault(key, []).append(r["median_s"] / base)
+    return {key: _geomean(v) for key, v in groups.items()}
+
+
+def scaling_markdown(records):
+    """Per op and direction, each implementation's time at N threads over its time at one, for
+    every thread count N > 1 and huge-page setting measured."""
+    found = scaling(records)
+    if not found:
+        return "(one thread count measured: no scaling to show)"
+    impls = list(dict.fromkeys(k[0] for k in found))
+    settings = list(dict.fromkeys((k[4], k[3]) for k in found))
+    columns = [(i, st) for st in settings for i in impls]
+    lines = ["| op | dir | " + " | ".join(f"{i} ({setting(*st)})" for i, st in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for op, direction in dict.fromkeys((k[1], k[2]) for k in found):
+        cells = [found.get((i, op, direction, huge, threads)) for i, (threads, huge) in columns]
+        lines.append(f"| {op} | {direction} | "
+                     + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def write_plots(results, out_dir):
-    """Bandwidth against size per op (one line per implementation) and speed-up bars.
+    """Bandwidth against size per op (a panel per setting, a line per implementation) and
+    speed-up bars (a bar per setting).
 
     Returns the files written, or [] when matplotlib is missing."""
     try:
@@ -129,26 +188,31 @@ def write_plots(results, out_dir):
     except ImportError:
         return []
     written = []
+    settings = _settings(results["records"])
     by_op = collections.OrderedDict()
     for r in results["records"]:
         if r["gbps"] is not None:
             by_op.setdefault(r["op"], []).append(r)
     for op, records in by_op.items():
-        fig, ax = plt.subplots(figsize=(7, 4))
-        lines = collections.OrderedDict()
-        for r in records:
-            lines.setdefault((r["impl"], r["direction"], r["dtype"]), []).append(
-                (r["bytes"], r["gbps"]))
-        for (impl, direction, dtype), pts in lines.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    label=f"{impl} {direction} {dtype}")
-        ax.axhline(results["copy_gbps"], color="gray", linestyle="--", label="copy")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("bytes moved (minimum)")
-        ax.set_ylabel("GB/s")
-        ax.set_title(f"{op}: bandwidth")
-        ax.legend(fontsize=6)
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings) + 1, 4),
+                                 sharey=True, squeeze=False)
+        for ax, st in zip(axes[0], settings):
+            lines = collections.OrderedDict()
+            for r in records:
+                if (r.get("threads"), r.get("huge_pages")) == st:
+                    lines.setdefault((r["impl"], r["direction"], r["dtype"]), []).append(
+                        (r["bytes"], r["gbps"]))
+            for (impl, direction, dtype), pts in lines.items():
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        label=f"{impl} {direction} {dtype}")
+            ax.axhline(results["copy_gbps"], color="gray", linestyle="--", label="copy")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("bytes moved (minimum)")
+            ax.set_title(setting(*st), fontsize=9)
+        axes[0][0].set_ylabel("GB/s")
+        axes[0][-1].legend(fontsize=6)
+        fig.suptitle(f"{op}: bandwidth")
         path = out_dir / f"bandwidth_{op}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -156,12 +220,20 @@ def write_plots(results, out_dir):
         written.append(path)
     rows = summary(results["records"])
     if rows:
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.5))
-        labels = [f"{op} {d}" for op, d, _, _ in rows]
-        speedups = [1 / ratio for _, _, ratio, _ in rows]
-        ax.barh(labels, speedups, color=["tab:green" if s >= 1 else "tab:red" for s in speedups])
+        labels = list(dict.fromkeys(f"{op} {d}" for op, d, *_ in rows))
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) * len(settings) + 1.5))
+        height = 0.8 / len(settings)
+        for i, st in enumerate(settings):
+            found = {f"{op} {d}": ratio for op, d, th, hp, ratio, _ in rows if (th, hp) == st}
+            ys = [j + i * height for j, label in enumerate(labels) if label in found]
+            ax.barh(ys, [1 / found[label] for label in labels if label in found], height=height,
+                    label=setting(*st))
+        ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
+        ax.invert_yaxis()
         ax.axvline(1.0, color="gray", linestyle="--")
-        ax.set_xlabel("speed-up over torch eager (geometric mean over shapes and dtypes)")
+        ax.set_xlabel("speed-up over torch eager in the same setting\n"
+                      "(geometric mean over shapes and dtypes)")
+        ax.legend(fontsize=7)
         path = out_dir / "speedup.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -171,7 +243,7 @@ def write_plots(results, out_dir):
 
 
 def _key(r):
-    return tuple(r[f] for f in KEY_FIELDS)
+    return tuple(r.get(f) for f in KEY_FIELDS)
 
 
 def compare(old_path, new_path, noise=0.05):
@@ -192,5 +264,5 @@ def compare(old_path, new_path, noise=0.05):
     lines = []
     for r, ratio in sorted(changes, key=lambda c: c[1]):
         verdict = "faster" if ratio < 1 else "slower"
-        lines.append(f"{verdict:6}  {ratio:6.2f}x  " + " ".join(str(r[f]) for f in KEY_FIELDS))
+        lines.append(f"{verdict:6}  {ratio:6.2f}x  " + " ".join(str(r.get(f)) for f in KEY_FIELDS))
     return lines

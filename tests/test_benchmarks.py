@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = {"op", "direction", "dtype", "shape", "params", "impl", "bytes", "median_s", "iqr_s",
-          "gbps", "pct_copy", "peak_extra_bytes", "ratio_vs_torch"}
+FIELDS = {"op", "direction", "dtype", "shape", "params", "impl", "threads", "huge_pages", "bytes",
+          "median_s", "iqr_s", "gbps", "pct_copy", "peak_extra_bytes", "ratio_vs_torch"}
 
 
 def run_bench(*args):
@@ -32,8 +34,14 @@ def test_quick_run_writes_results(tmp_path):
         assert r["shape"] == "2^16" and r["dtype"] == "float32"
         assert r["median_s"] > 0 and r["gbps"] > 0 and r["peak_extra_bytes"] is not None
     assert all(r["ratio_vs_torch"] == 1.0 for r in records if r["impl"] == "torch")
+    # every case at one thread and at all, with torch's huge-page allocation and without
+    settings = {(t, hp) for t in {1, torch.get_num_threads()} for hp in (False, True)}
+    for key in {(r["op"], r["direction"], r["impl"]) for r in records}:
+        assert {(r["threads"], r["huge_pages"]) for r in records
+                if (r["op"], r["direction"], r["impl"]) == key} == settings
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# pyops benchmark report") and "## Summary" in report
+    assert "## Thread scaling" in report
     assert "| relu | fwd |" in report
     try:
         import matplotlib  # noqa: F401

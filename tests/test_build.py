@@ -36,6 +36,21 @@ def test_build_info():
     assert isinstance(info["cuda"], bool)
     assert info["cuda"] == bool(info["cuda_archs"])
     assert info["num_threads"] == torch.get_num_threads()
+    assert isinstance(info["cpu_parallel"], bool)
+
+
+def test_build_without_the_installed_torch_stops_with_the_reason():
+    """pip's build isolation would compile against another torch, or none: setup.py must not."""
+    tomllib = pytest.importorskip("tomllib")
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        requires = tomllib.load(f)["build-system"]["requires"]
+    assert not [r for r in requires if r.split("=")[0].split(">")[0].strip() == "torch"]
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', '--name']; "
+            "exec(compile(open('setup.py').read(), 'setup.py', 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "pip install --no-build-isolation" in proc.stderr
 
 
 def _built_isas():
