@@ -23,7 +23,8 @@ def time_fn(fn, device, min_run_time):
     sync(device)
     if device == "cuda":
         return _time_cuda(fn, min_run_time)
-    timer = tbench.Timer("fn()", globals={"fn": fn})
+    # Timer would run fn on one thread unless told the count (its default is 1).
+    timer = tbench.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return measurement.median, measurement.iqr
 

@@ -70,3 +70,17 @@ def test_unknown_op_is_rejected():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--ops", "nope"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown ops" in proc.stderr
+
+
+def test_timing_runs_at_the_thread_count_set():
+    """torch.utils.benchmark.Timer runs on one thread unless told otherwise."""
+    from benchmarks import harness
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        harness.time_fn(lambda: seen.append(torch.get_num_threads()), "cpu", min_run_time=0.01)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {3}
