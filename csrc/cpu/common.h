@@ -79,6 +79,27 @@ inline at::vec::Vectorized<scalar_t> load(const scalar_t* p, int64_t count) {
   return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
 }
 
+// `count` (at most Vectorized<T>::size()) elements of p as a vector of T, the accumulation type:
+// half types widened to float on the way in, so no float copy of their data is needed.
+template <typename T, typename S>
+inline at::vec::Vectorized<T> load_as(const S* p, int64_t count) {
+  if constexpr (std::is_same_v<S, T>) {
+    return load(p, count);
+  } else {
+    return std::get<0>(at::vec::convert_to_float<S>(at::vec::Vectorized<S>::loadu(p, count)));
+  }
+}
+
+// The first `count` lanes of v stored as S, rounded once where S is a half type.
+template <typename S, typename T>
+inline void store_as(S* p, int64_t count, const at::vec::Vectorized<T>& v) {
+  if constexpr (std::is_same_v<S, T>) {
+    v.store(p, count);
+  } else {
+    at::vec::convert_from_float<S>(v, v).store(p, count);
+  }
+}
+
 // out[i] = vec_fn(in0[i], in1[i], ...) for i < n. Half types are widened to float for vec_fn
 // and rounded once on store: ATen's own map() may compute them in 16 bits on some ISAs.
 template <typename scalar_t, typename VecFn, typename... Inputs>

@@ -58,12 +58,22 @@ T blocked_reduce(int64_t n, T init, const BlockFn& block_fn, const Combine& comb
   return total;
 }
 
-template <typename T>
-T row_max(const T* x, int64_t n) {
-  const auto max = [](T a, T b) { return std::isnan(a) || a > b ? a : b; };  // NaN wins
-  return blocked_reduce<T>(n, -std::numeric_limits<T>::infinity(), [&](int64_t i, int64_t len) {
-    return at::vec::reduce_all<T>([](auto& a, auto& b) { return at::vec::maximum(a, b); }, x + i, len);
-  }, max);
+// The row helpers take rows of any dtype S and compute in T = acc_t<S>: half types are widened
+// as they are loaded (load_as) and rounded once as they are stored (store_as).
+
+template <typename S, typename T = acc_t<S>>
+T row_max(const S* x, int64_t n) {
+  using V = Vectorized<T>;
+  const auto vmax = [](V a, V b) { return at::vec::maximum(a, b); };  // NaN wins
+  return blocked_reduce<T>(n, -std::numeric_limits<T>::infinity(), [&](int64_t begin, int64_t len) {
+    V acc(-std::numeric_limits<T>::infinity());
+    int64_t i = begin;
+    for (; i + V::size() <= begin + len; i += V::size()) acc = vmax(acc, load_as<T>(x + i, V::size()));
+    if (const int64_t rest = begin + len - i; rest > 0) {
+      acc = V::set(acc, vmax(acc, load_as<T>(x + i, rest)), rest);
+    }
+    return at::vec::vec_reduce_all<T>(vmax, acc);
+  }, [](T a, T b) { return std::isnan(a) || a > b ? a : b; });
 }
 
 // Sum over i < n of vec_fn(in0[i], in1[i], ...), taken in blocks.
@@ -73,21 +83,41 @@ T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
   return blocked_reduce<T>(n, T(0), [&](int64_t begin, int64_t len) {
     V acc(0);
     int64_t i = begin;
-    for (; i + V::size() <= begin + len; i += V::size()) acc = acc + vec_fn(V::loadu(in + i)...);
+    for (; i + V::size() <= begin + len; i += V::size()) {
+      acc = acc + vec_fn(load_as<T>(in + i, V::size())...);
+    }
     if (const int64_t rest = begin + len - i; rest > 0) {
-      acc = V::set(acc, acc + vec_fn(load(in + i, rest)...), rest);
+      acc = V::set(acc, acc + vec_fn(load_as<T>(in + i, rest)...), rest);
     }
     return at::vec::vec_reduce_all<T>([](V x, V y) { return x + y; }, acc);
   }, std::plus<T>());
 }
 
-// vec_map over a row, split across threads where split_row says so.
-template <typename scalar_t, typename VecFn, typename... Inputs>
-void row_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
-  if (!split_row(n)) return vec_map(vec_fn, out, n, in...);
-  parallel_for(0, n, kRowGrainBlocks * kSumBlock, [&](int64_t begin, int64_t end) {
-    vec_map(vec_fn, out + begin, end - begin, (in + begin)...);
-  });
+template <typename S>
+acc_t<S> row_sum(const S* x, int64_t n) {
+  return row_map_sum<acc_t<S>>([](auto v) { return v; }, n, x);
+}
+
+template <typename S>
+acc_t<S> row_dot(const S* a, const S* b, int64_t n) {
+  return row_map_sum<acc_t<S>>([](auto x, auto y) { return x * y; }, n, a, b);
+}
+
+// out[i] = vec_fn(in0[i], in1[i], ...) for i < n, in acc_t<Out>; split across threads where
+// split_row says so.
+template <typename Out, typename VecFn, typename... Inputs>
+void row_map(const VecFn& vec_fn, Out* out, int64_t n, const Inputs*... in) {
+  using T = acc_t<Out>;
+  using V = Vectorized<T>;
+  const auto map = [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + V::size() <= end; i += V::size()) {
+      store_as(out + i, V::size(), vec_fn(load_as<T>(in + i, V::size())...));
+    }
+    if (i < end) store_as(out + i, end - i, vec_fn(load_as<T>(in + i, end - i)...));
+  };
+  if (!split_row(n)) return map(0, n);
+  parallel_for(0, n, kRowGrainBlocks * kSumBlock, map);
 }
 
 // at::vec::convert over a row, split as row_map.
@@ -97,16 +127,6 @@ void convert_row(const From* from, To* to, int64_t n) {
   parallel_for(0, n, kRowGrainBlocks * kSumBlock, [&](int64_t begin, int64_t end) {
     at::vec::convert(from + begin, to + begin, end - begin);
   });
-}
-
-template <typename T>
-T row_sum(const T* x, int64_t n) {
-  return row_map_sum<T>([](auto v) { return v; }, n, x);
-}
-
-template <typename T>
-T row_dot(const T* a, const T* b, int64_t n) {
-  return row_map_sum<T>([](auto x, auto y) { return x * y; }, n, a, b);
 }
 
 // ---- column tiles ---------------------------------------------------------------------------

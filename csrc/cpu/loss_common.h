@@ -71,22 +71,12 @@ void for_each_vector(const Operands<scalar_t>& ops, int64_t begin, int64_t end, 
   }
 }
 
-// Stores `count` lanes of an accumulation-dtype vector as scalar_t.
-template <typename scalar_t, typename V>
-void store_lanes(scalar_t* out, int64_t count, const V& v) {
-  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
-    at::vec::convert_from_float<scalar_t>(v, v).store(out, count);
-  } else {
-    v.store(out, count);
-  }
-}
-
 // out[i] = fn(values of element i) for i < n, threaded.
 template <typename scalar_t, typename Fn>
 void elementwise_store(const Operands<scalar_t>& ops, scalar_t* out, int64_t n, const Fn& fn) {
   parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
     for_each_vector(ops, begin, end, [&](int64_t i, int64_t count, const auto& v) {
-      store_lanes(out + i, count, fn(v));
+      store_as(out + i, count, fn(v));
     });
   });
 }

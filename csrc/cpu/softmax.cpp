@@ -5,19 +5,29 @@
 namespace pyops::cpu {
 namespace {
 
-// ---- row kernels on acc_t data; x, y, g have `n` elements, y may alias x ------------------
+// ---- row kernels: x, y, g have `n` elements of S, computed in T = acc_t<S> ------------------
 
-template <typename T>
-void softmax_row(const T* x, T* y, int64_t n) {
+template <typename S>
+void softmax_row(const S* x, S* y, int64_t n) {
+  using T = acc_t<S>;
   using V = Vectorized<T>;
   const V max(row_max(x, n));
-  row_map([&](V v) { return (v - max).exp(); }, y, n, x);
-  const V scale(T(1) / row_sum(y, n));
-  row_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(y));
+  T* e = nullptr;  // the exps in T: y itself, or a per-thread buffer for half types
+  if constexpr (std::is_same_v<S, T>) {
+    e = y;
+  } else {
+    thread_local std::vector<T> buffer;
+    buffer.resize(n);
+    e = buffer.data();
+  }
+  row_map([&](V v) { return (v - max).exp(); }, e, n, x);
+  const V scale(T(1) / row_sum(e, n));
+  row_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(e));
 }
 
-template <typename T>
-void log_softmax_row(const T* x, T* y, int64_t n) {
+template <typename S>
+void log_softmax_row(const S* x, S* y, int64_t n) {
+  using T = acc_t<S>;
   using V = Vectorized<T>;
   const V vmax(row_max(x, n));
   const T sum = row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, n, x);
@@ -27,17 +37,17 @@ void log_softmax_row(const T* x, T* y, int64_t n) {
 }
 
 // grad_in = y * (g - sum(g * y))
-template <typename T>
-void softmax_backward_row(const T* g, const T* y, T* out, int64_t n) {
-  using V = Vectorized<T>;
+template <typename S>
+void softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
+  using V = Vectorized<acc_t<S>>;
   const V dot(row_dot(g, y, n));
   row_map([&](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
 }
 
 // grad_in = g - exp(y) * sum(g)
-template <typename T>
-void log_softmax_backward_row(const T* g, const T* y, T* out, int64_t n) {
-  using V = Vectorized<T>;
+template <typename S>
+void log_softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
+  using V = Vectorized<acc_t<S>>;
   const V sum(row_sum(g, n));
   row_map([&](V gv, V yv) { return gv - yv.exp() * sum; }, out, n, g, y);
 }
@@ -116,14 +126,15 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& p) {
+      if (s.inner == 1) {  // rows are read as they are, half types widened on the way
+        log ? log_softmax_row(in + p.offset, o + p.offset, p.width)
+            : softmax_row(in + p.offset, o + p.offset, p.width);
+        return;
+      }
       thread_local Stage<scalar_t> stage;
       const T* xs = stage.in(0, in, p);
       T* ys = stage.out(1, o, p);
-      if (s.inner == 1) {
-        log ? log_softmax_row(xs, ys, p.width) : softmax_row(xs, ys, p.width);
-      } else {
-        softmax_tile(xs, ys, p.rows, p.width, stage.stride(p), log);
-      }
+      softmax_tile(xs, ys, p.rows, p.width, stage.stride(p), log);
       stage.store(1, o, p);
     });
   });
@@ -147,16 +158,16 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& p) {
+      if (s.inner == 1) {
+        log ? log_softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width)
+            : softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width);
+        return;
+      }
       thread_local Stage<scalar_t> stage;
       const T* gs = stage.in(0, gp, p);
       const T* ys = stage.in(1, yp, p);
       T* rs = stage.out(2, rp, p);
-      if (s.inner == 1) {
-        log ? log_softmax_backward_row(gs, ys, rs, p.width)
-            : softmax_backward_row(gs, ys, rs, p.width);
-      } else {
-        softmax_backward_tile(gs, ys, rs, p.rows, p.width, stage.stride(p), log);
-      }
+      softmax_backward_tile(gs, ys, rs, p.rows, p.width, stage.stride(p), log);
       stage.store(2, rp, p);
     });
   });
