@@ -42,8 +42,10 @@ inline std::string shape_str(at::IntArrayRef shape) {
 }
 
 inline void check_floating(const char* op, const at::Tensor& t) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
-              ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
+  // NotImplementedError, as torch's kernels raise for a dtype they lack.
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      at::isFloatingType(t.scalar_type()) && !at::isFloat8Type(t.scalar_type()), op,
+      ": expected a float64, float32, bfloat16 or float16 tensor, got ", t.scalar_type());
 }
 
 inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Tensor& out) {

@@ -129,7 +129,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                                f"probabilities, got {target.dtype}")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
-        dtype = torch.result_type(input, target)
+        # promote_types, not result_type: the same here (equal shapes), and torch.compile traces it
+        dtype = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
         _check_class_target_batch(input, target)
@@ -163,7 +164,7 @@ def _promoted(*tensors):
     present = [t for t in tensors if t is not None]
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in present])
     if not dtype.is_floating_point:
-        raise RuntimeError(f"expected floating-point inputs, got {dtype}")
+        raise NotImplementedError(f"expected floating-point inputs, got {dtype}")
     return [None if t is None else t.to(dtype) for t in tensors]
 
 

@@ -282,6 +282,17 @@ def test_compile_fullgraph_with_ignored_targets(device, smoothing):
     assert_compiles_like_eager(f, make_tensor((8, 9), torch.float32, device).requires_grad_(), t)
 
 
+@device_params
+@pytest.mark.parametrize("target_grad", [False, True])
+def test_compile_fullgraph_with_probability_targets_and_smoothing(device, target_grad):
+    def f(x, q):
+        return PF.cross_entropy(x * 2, q, label_smoothing=0.2)
+
+    q = torch.softmax(make_tensor((8, 9), torch.float32, device, seed=3), 1)
+    assert_compiles_like_eager(f, make_tensor((8, 9), torch.float32, device).requires_grad_(),
+                               q.requires_grad_(target_grad))
+
+
 # ---- the gradient computed in the forward ---------------------------------------------------------
 
 @device_params
