@@ -211,6 +211,7 @@ struct MarginRows {
   at::Tensor target;  // (rows), int64, contiguous
   at::Tensor weight;  // (classes), accumulation dtype, or undefined
   int64_t rows, classes;
+  std::vector<int64_t> loss_shape;  // of 'none': the target's, as torch
 };
 
 inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
@@ -241,17 +242,16 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
   }
   m.x = input.reshape({m.rows, m.classes}).contiguous();
   m.target = target.reshape({m.rows}).contiguous();
+  m.loss_shape = target.sizes().vec();
   return m;
 }
 
-// The multi_margin output from per-row losses: one per row of a 2-D input for 'none', else
+// The multi_margin output from per-row losses: in the target's shape for 'none', else
 // reduced, 'mean' over the rows.
 inline at::Tensor margin_loss_output(const at::Tensor& losses, int64_t reduction,
                                      const MarginRows& m, const at::Tensor& input) {
-  std::vector<int64_t> shape;
-  if (input.dim() == 2) shape.push_back(m.rows);
   const auto rows = at::scalar_tensor(static_cast<double>(m.rows), at::kDouble);
-  return reduce_losses(losses, reduction, rows, shape, input.scalar_type());
+  return reduce_losses(losses, reduction, rows, m.loss_shape, input.scalar_type());
 }
 
 }  // namespace pyops

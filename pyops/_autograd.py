@@ -195,7 +195,7 @@ def _multi_margin_rows(input, target, p, margin, weight):
     rows = h.sum(1) / x.shape[1]
     if weight is not None:
         rows = rows * weight[t.reshape(-1)]
-    return rows if input.dim() == 2 else rows.reshape(())
+    return rows.reshape(target.shape)  # 'none' has the target's shape, as torch
 
 
 def _mse_denominator(input, target, weight):
@@ -224,11 +224,11 @@ class _Loss:
         values = self.terms(*tensors, *scalars)
         return _reduce_positions(values, reduction, self.denominator(*tensors))
 
-    def fake(self, input, reduction):
+    def fake(self, input, target, reduction):
         if reduction != REDUCTION_NONE:
             return input.new_empty([])
         if self.per_row:
-            return input.new_empty(input.shape[:1] if input.dim() == 2 else [])
+            return input.new_empty(target.shape)
         return torch.empty_like(input)
 
     def fake_backward(self, input):
@@ -293,7 +293,7 @@ def _register_loss(loss):
                                     setup_context=backward_setup)
 
     register_fake(loss.name)(
-        lambda *args: loss.fake(args[0], args[-1]))
+        lambda *args: loss.fake(args[0], args[1], args[-1]))
     register_fake(f"{loss.name}_backward")(
         lambda grad, input, *rest: loss.fake_backward(input))
 

@@ -190,6 +190,23 @@ def test_multi_margin_matches_torch(device, dtype, shape, p, margin, weighted, r
 
 
 @device_params
+@pytest.mark.parametrize("input_shape,target_shape", [((1, 5), ()), ((1, 5), (1,)), ((5,), ()),
+                                                      ((5,), (1,)), ((), ()), ((), (1,)),
+                                                      ((0, 5), (0,))])
+def test_multi_margin_none_has_the_target_shape(device, input_shape, target_shape):
+    """reduction='none' returns one loss per row in the target's shape, as torch; so does the
+    fake kernel, and the gradient flows back through that shape."""
+    x = make_tensor(input_shape, torch.float64, device).requires_grad_()
+    t = torch.zeros(target_shape, dtype=torch.long, device=device)
+    ours, theirs = (f(x, t, reduction="none") for f in (PF.multi_margin_loss, TF.multi_margin_loss))
+    assert ours.shape == theirs.shape == t.shape
+    assert_close(ours, theirs)
+    grad = torch.rand_like(theirs)
+    assert_close(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0])
+    opcheck(torch.ops.pyops.multi_margin_loss, (x, t, 1, 1.0, None, 0))
+
+
+@device_params
 def test_multi_margin_errors_like_torch(device):
     x = make_tensor((4, 5), torch.float32, device)
     t = torch.tensor([0, 1, 4, 2], device=device)
