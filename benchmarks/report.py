@@ -221,16 +221,17 @@ def write_plots(results, out_dir):
     rows = summary(results["records"])
     if rows:
         labels = list(dict.fromkeys(f"{op} {d}" for op, d, *_ in rows))
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) * len(settings) + 1.5))
+        fig, ax = plt.subplots(figsize=(7, 0.15 * len(labels) * len(settings) + 1.5))
         height = 0.8 / len(settings)
         for i, st in enumerate(settings):
             found = {f"{op} {d}": ratio for op, d, th, hp, ratio, _ in rows if (th, hp) == st}
             ys = [j + i * height for j, label in enumerate(labels) if label in found]
-            ax.barh(ys, [1 / found[label] for label in labels if label in found], height=height,
-                    label=setting(*st))
+            speedups = [1 / found[label] for label in labels if label in found]
+            ax.barh(ys, [x - 1 for x in speedups], left=1, height=height, label=setting(*st))
         ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels)
         ax.invert_yaxis()
         ax.axvline(1.0, color="gray", linestyle="--")
+        ax.set_xscale("log", base=2)  # 2x faster and 2x slower equally far from 1
         ax.set_xlabel("speed-up over torch eager in the same setting\n"
                       "(geometric mean over shapes and dtypes)")
         ax.legend(fontsize=7)
