@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as TF
 
 import pyops.functional as PF
+from pyops.table import OPS as TABLE
 
-aten = torch.ops.aten
-ops = torch.ops.pyops
 
 
 @dataclasses.dataclass
@@ -116,43 +115,48 @@ def _randn(shape, dtype, cfg):
     return torch.randn(shape, dtype=dtype, device=cfg.device)
 
 
-# ---- activations --------------------------------------------------------------------------
+# ---- activations: every activation row of the op table -----------------------------------------
 
-ACTIVATIONS = {
-    # name: (torch forward, torch backward from the output, pyops forward, pyops backward)
-    "sigmoid": (torch.sigmoid, aten.sigmoid_backward, ops.sigmoid, ops.sigmoid_backward),
-    "tanh": (torch.tanh, aten.tanh_backward, ops.tanh, ops.tanh_backward),
-    "relu": (torch.relu, lambda g, y: aten.threshold_backward(g, y, 0), ops.relu, ops.relu_backward),
-}
+def _backward_only(fn):
+    """fn's backward through autograd, as in training, without its forward: each input set's
+    graph is built on its first call and kept, and every call backpropagates through it again."""
+    graphs = {}
+
+    def run(x, grad):
+        if id(x) not in graphs:
+            leaf = x.detach().requires_grad_()
+            graphs[id(x)] = (leaf, fn(leaf))
+        leaf, y = graphs[id(x)]
+        return torch.autograd.grad(y, leaf, grad, retain_graph=True)[0]
+    return run
+
+
+def _variant_label(kwargs):
+    return " ".join(f"{k}={v}" for k, v in kwargs.items())
 
 
 def activation_cases(cfg):
-    if cfg.quick:
-        exponents = (16, 20)
-    else:  # a GPU needs 2^28 elements to leave its caches far behind
-        exponents = (16, 20, 24, 28) if cfg.device == "cuda" else (16, 18, 20, 22, 24, 26)
-    for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in ACTIVATIONS.items():
-        for dtype in cfg.dtypes:
-            for e in exponents:
-                shape = (1 << e,)
-                nbytes = _numel(shape) * dtype.itemsize
-                yield Case(name, "fwd", dtype, shape, "", 2 * nbytes,
-                           lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
-                           lambda cfg, f=torch_fwd, p=pyops_fwd: _peers(cfg, f, p))
-                yield Case(name, "bwd", dtype, shape, "", 3 * nbytes,
-                           lambda cfg, s=shape, d=dtype, f=torch_fwd:
-                               (_randn(s, d, cfg), f(_randn(s, d, cfg))),
-                           lambda cfg, f=torch_bwd, p=pyops_bwd: _peers(cfg, f, p))
+    for op in TABLE:
+        if op.family != "activation":
+            continue
+        shapes = op.bench_shapes["quick" if cfg.quick else cfg.device]
+        for kwargs, dtype, shape in itertools.product(op.variants, cfg.dtypes, shapes):
+            ours = functools.partial(op.function, **kwargs)
+            theirs = functools.partial(op.torch_fn, **kwargs)
+            nbytes = _numel(shape) * dtype.itemsize
+            params = _variant_label(kwargs)
+            yield Case(op.name, "fwd", dtype, shape, params, 2 * nbytes,
+                       lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
+                       lambda cfg, t=theirs, o=ours: _peers(cfg, t, o))
+            # the upstream gradient and the saved tensor read, the gradient written
+            yield Case(op.name, "bwd", dtype, shape, params, 3 * nbytes,
+                       lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg), _randn(s, d, cfg)),
+                       lambda cfg, t=theirs, o=ours:
+                           _peers(cfg, _backward_only(t), _backward_only(o)))
 
 
 # ---- softmax, log_softmax ------------------------------------------------------------------
 
-SOFTMAXES = {
-    # name: (torch forward, torch backward, pyops forward, pyops backward)
-    "softmax": (torch.softmax, aten._softmax_backward_data, ops.softmax, ops.softmax_backward),
-    "log_softmax": (torch.log_softmax, aten._log_softmax_backward_data, ops.log_softmax,
-                    ops.log_softmax_backward),
-}
 SOFTMAX_SHAPES = [((4096, 4096), -1), ((1024, 32768), -1), ((16384, 1024), -1), ((32, 1000), -1),
                   ((256, 1024, 64), 1)]
 SOFTMAX_QUICK_SHAPES = [((256, 1024), -1), ((16, 256, 64), 1)]
@@ -161,22 +165,22 @@ SOFTMAX_CUDA_SHAPES = [((32768, 4096), -1), ((4096, 32768), -1), ((8192, 131072)
 
 
 def softmax_cases(cfg):
-    for name, (torch_fwd, torch_bwd, pyops_fwd, pyops_bwd) in SOFTMAXES.items():
-        for dtype in cfg.dtypes:
-            shapes = SOFTMAX_CUDA_SHAPES if cfg.device == "cuda" else SOFTMAX_SHAPES
-            for shape, dim in SOFTMAX_QUICK_SHAPES if cfg.quick else shapes:
-                nbytes = _numel(shape) * dtype.itemsize
-                params = f"dim={dim}"
-                liger = _liger_softmax(dim) if name == "softmax" else None
-                yield Case(name, "fwd", dtype, shape, params, 2 * nbytes,
-                           lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
-                           lambda cfg, f=torch_fwd, p=pyops_fwd, dim=dim, lg=liger:
-                               _peers(cfg, lambda x: f(x, dim), lambda x: p(x, dim), lg))
-                yield Case(name, "bwd", dtype, shape, params, 3 * nbytes,
-                           lambda cfg, s=shape, d=dtype, f=torch_fwd, dim=dim:
-                               (_randn(s, d, cfg), f(_randn(s, d, cfg), dim)),
-                           lambda cfg, f=torch_bwd, p=pyops_bwd, dim=dim, d=dtype:
-                               _peers(cfg, lambda g, y: f(g, y, dim, d), lambda g, y: p(g, y, dim)))
+    shapes = SOFTMAX_CUDA_SHAPES if cfg.device == "cuda" else SOFTMAX_SHAPES
+    for op in TABLE:
+        if op.family != "softmax":
+            continue
+        for dtype, (shape, dim) in itertools.product(cfg.dtypes, SOFTMAX_QUICK_SHAPES if cfg.quick else shapes):
+            nbytes = _numel(shape) * dtype.itemsize
+            ours = functools.partial(op.function, dim=dim)
+            theirs = functools.partial(op.torch_fn, dim=dim)
+            liger = _liger_softmax(dim) if op.name == "softmax" else None
+            yield Case(op.name, "fwd", dtype, shape, f"dim={dim}", 2 * nbytes,
+                       lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
+                       lambda cfg, t=theirs, o=ours, lg=liger: _peers(cfg, t, o, lg))
+            yield Case(op.name, "bwd", dtype, shape, f"dim={dim}", 3 * nbytes,
+                       lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg), _randn(s, d, cfg)),
+                       lambda cfg, t=theirs, o=ours:
+                           _peers(cfg, _backward_only(t), _backward_only(o)))
 
 
 # ---- losses: forward, and forward+backward ----------------------------------------------------
@@ -228,41 +232,18 @@ def cross_entropy_cases(cfg):
                                _loss_peers(cfg, r, t, o, _liger_cross_entropy(sm), v))
 
 
-def _hinge_expression(x, y):
-    return torch.clamp(1 - y * x, min=0).mean()
-
-
-LOSSES = {
-    # name: (pyops, torch peer, (input, target) from a shape, dtype and config)
-    "mse_loss": (PF.mse_loss, TF.mse_loss,
-                 lambda s, d, cfg: (_randn(s, d, cfg), _randn(s, d, cfg))),
-    "binary_cross_entropy": (PF.binary_cross_entropy, TF.binary_cross_entropy,
-                             lambda s, d, cfg: (_randn(s, d, cfg).sigmoid(),
-                                                _randn(s, d, cfg).sigmoid())),
-    "binary_cross_entropy_with_logits": (PF.binary_cross_entropy_with_logits,
-                                         TF.binary_cross_entropy_with_logits,
-                                         lambda s, d, cfg: (_randn(s, d, cfg),
-                                                            _randn(s, d, cfg).sigmoid())),
-    "hinge_loss": (PF.hinge_loss, _hinge_expression,
-                   lambda s, d, cfg: (_randn(s, d, cfg), _randn(s, d, cfg).sign())),
-    "multi_margin_loss": (PF.multi_margin_loss, TF.multi_margin_loss,
-                          lambda s, d, cfg: (_randn(s, d, cfg),
-                                             torch.randint(0, s[1], s[:1], device=cfg.device))),
-}
-
-
 def loss_cases(cfg):
-    for name, (ours, theirs, make) in LOSSES.items():
-        if name == "multi_margin_loss":
-            shapes = [(256, 256)] if cfg.quick else [(4096, 1024), (16384, 1024)]
-        else:
-            shapes = [(1 << 16,)] if cfg.quick else [(1 << 22,), (1 << 24,)]
-        for dtype in cfg.dtypes:
-            for shape in shapes:
-                # input and target read once, the gradient written once
-                yield Case(name, "fwd+bwd", dtype, shape, "mean", 3 * _numel(shape) * dtype.itemsize,
-                           lambda cfg, m=make, s=shape, d=dtype: _requires_grad_first(m(s, d, cfg)),
-                           lambda cfg, o=ours, t=theirs: _loss_peers(cfg, "fwd+bwd", t, o))
+    """Every loss row of the op table with benchmark shapes: forward+backward, 'mean'."""
+    gen = torch.Generator().manual_seed(0)
+    for op in TABLE:
+        if op.family != "loss" or not op.bench_shapes:
+            continue
+        for dtype, shape in itertools.product(cfg.dtypes, op.bench_shapes["quick" if cfg.quick else cfg.device]):
+            # input and target read once, the gradient written once
+            yield Case(op.name, "fwd+bwd", dtype, shape, "mean", 3 * _numel(shape) * dtype.itemsize,
+                       lambda cfg, o=op, s=shape, d=dtype: _requires_grad_first(
+                           list(o.inputs(s, d, cfg.device, gen))),
+                       lambda cfg, o=op: _loss_peers(cfg, "fwd+bwd", o.torch_fn, o.function))
 
 
 def _requires_grad_first(inputs):
@@ -271,10 +252,11 @@ def _requires_grad_first(inputs):
 
 
 FAMILIES = {
-    "activations": (tuple(ACTIVATIONS), activation_cases),
-    "softmax": (tuple(SOFTMAXES), softmax_cases),
+    "activations": (tuple(op.name for op in TABLE if op.family == "activation"), activation_cases),
+    "softmax": (tuple(op.name for op in TABLE if op.family == "softmax"), softmax_cases),
     "cross_entropy": (("cross_entropy",), cross_entropy_cases),
-    "losses": (tuple(LOSSES), loss_cases),
+    "losses": (tuple(op.name for op in TABLE if op.family == "loss" and op.bench_shapes),
+               loss_cases),
 }
 
 

@@ -4,6 +4,7 @@
 // Every backward is written in differentiable ops (the pyops backward ops have autograd of their
 // own here), so double backward works. The elementwise losses and the fake kernels stay in
 // pyops/_autograd.py: their higher derivatives differentiate torch-op expressions in Python.
+#include "activations.h"
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -65,24 +66,18 @@ using Binary = Tensor(const Tensor&, const Tensor&);
 using WithDim = Tensor(const Tensor&, int64_t);
 using BinaryWithDim = Tensor(const Tensor&, const Tensor&, int64_t);
 
-// ---- activations ------------------------------------------------------------------------
+// ---- activations, softmax, log_softmax ----------------------------------------------------
 
-constexpr char kSigmoid[] = "pyops::sigmoid";
-constexpr char kSigmoidBackward[] = "pyops::sigmoid_backward";
-constexpr char kTanh[] = "pyops::tanh";
-constexpr char kTanhBackward[] = "pyops::tanh_backward";
-constexpr char kRelu[] = "pyops::relu";
-constexpr char kReluBackward[] = "pyops::relu_backward";
-
-// y = f(x) or f(x, dim); the backward op takes the saved output: (grad, y) or (grad, y, dim).
-template <const char* kForward, const char* kBackward, typename... Dim>
-struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
+// y = f(x) or f(x, dim); the backward op takes the saved output (grad, y, [dim]), or with
+// kSavesInput the input (grad, x).
+template <const char* kForward, const char* kBackward, bool kSavesInput, typename... Dim>
+struct Saves : Function<Saves<kForward, kBackward, kSavesInput, Dim...>> {
   static constexpr const char* kName = kForward;
   using Signature = Tensor(const Tensor&, Dim...);
 
   static Tensor forward(AutogradContext* ctx, const Tensor& x, Dim... dim) {
     auto out = below_autograd<kName, Signature>(x, dim...);
-    ctx->save_for_backward({out});
+    ctx->save_for_backward({kSavesInput ? x : out});
     ((ctx->saved_data["dim"] = dim), ...);
     return out;
   }
@@ -95,42 +90,56 @@ struct SavesOutput : Function<SavesOutput<kForward, kBackward, Dim...>> {
   }
 };
 
-// grad_in = g * f'(y): d/dg is the same backward op applied to the incoming gradient; d/dy
-// differentiates f'(y) written in terms of y (undefined where f' is piecewise constant).
-using OutputDerivative = Tensor (*)(const Tensor& gg, const Tensor& grad, const Tensor& out);
+// grad_in = g * f'(s), s the saved output or input: d/dg is the same backward op applied to the
+// incoming gradient; d/ds = gg * g * (d f'/ds), written here per activation (none where f' is
+// piecewise constant).
+using SecondDerivative = Tensor (*)(const Tensor& saved);
 
-Tensor sigmoid_second(const Tensor& gg, const Tensor& grad, const Tensor& out) {
-  return gg * grad * (1 - 2 * out);
+Tensor sigmoid_second(const Tensor& y) { return 1 - 2 * y; }
+Tensor tanh_second(const Tensor& y) { return -2 * y; }
+constexpr SecondDerivative relu_second = nullptr;
+
+Tensor silu_second(const Tensor& x) {
+  const auto s = x.sigmoid();
+  return s * (1 - s) * (2 + x * (1 - 2 * s));
 }
 
-Tensor tanh_second(const Tensor& gg, const Tensor& grad, const Tensor& out) {
-  return -2 * gg * grad * out;
+Tensor gelu_second(const Tensor& x) {  // pdf(x) * (2 - x^2)
+  return (x * x * -0.5).exp() * (M_2_SQRTPI * M_SQRT1_2 * 0.5) * (2 - x * x);
 }
 
-template <const char* kBackward, OutputDerivative kSecond>
+Tensor gelu_tanh_second(const Tensor& x) {
+  constexpr double kBeta = M_SQRT2 * M_2_SQRTPI * 0.5, kKappa = 0.044715;
+  const auto t = (kBeta * (x + kKappa * x * x * x)).tanh();
+  const auto du = kBeta * (1 + 3 * kKappa * x * x);  // u = beta (x + kappa x^3), t = tanh(u)
+  return (1 - t * t) * (du + 0.5 * x * (6 * kBeta * kKappa * x - 2 * t * du * du));
+}
+
+template <const char* kBackward, SecondDerivative kSecond>
 struct ActivationBackward : Function<ActivationBackward<kBackward, kSecond>> {
   static constexpr const char* kName = kBackward;
   using Signature = Binary;
 
-  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& out) {
-    ctx->save_for_backward({grad, out});
-    return below_autograd<kName, Signature>(grad, out);
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& saved) {
+    ctx->save_for_backward({grad, saved});
+    return below_autograd<kName, Signature>(grad, saved);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto& gg = grads[0];
-    const auto saved = ctx->get_saved_variables();
-    const auto &grad = saved[0], &out = saved[1];
-    Tensor d_grad, d_out;
-    if (ctx->needs_input_grad(0)) d_grad = op<kBackward, Binary>().call(gg, out);
+    const auto tensors = ctx->get_saved_variables();
+    const auto &grad = tensors[0], &saved = tensors[1];
+    Tensor d_grad, d_saved;
+    if (ctx->needs_input_grad(0)) d_grad = op<kBackward, Binary>().call(gg, saved);
     if constexpr (kSecond != nullptr) {
-      if (ctx->needs_input_grad(1)) d_out = kSecond(gg, grad, out);
+      if (ctx->needs_input_grad(1)) d_saved = gg * grad * kSecond(saved);
     }
-    return {d_grad, d_out};
+    return {d_grad, d_saved};
   }
 };
 
-// ---- softmax, log_softmax ---------------------------------------------------------------
+#define PYOPS_SAVES_out false
+#define PYOPS_SAVES_self true
 
 constexpr char kSoftmax[] = "pyops::softmax";
 constexpr char kSoftmaxBackward[] = "pyops::softmax_backward";
@@ -417,16 +426,15 @@ struct NllLossBackward : Function<NllLossBackward> {
 
 TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   using namespace pyops;
-  m.impl("sigmoid", &AutogradKernel<SavesOutput<kSigmoid, kSigmoidBackward>>::call);
-  m.impl("tanh", &AutogradKernel<SavesOutput<kTanh, kTanhBackward>>::call);
-  m.impl("relu", &AutogradKernel<SavesOutput<kRelu, kReluBackward>>::call);
-  m.impl("sigmoid_backward",
-         &AutogradKernel<ActivationBackward<kSigmoidBackward, sigmoid_second>>::call);
-  m.impl("tanh_backward", &AutogradKernel<ActivationBackward<kTanhBackward, tanh_second>>::call);
-  m.impl("relu_backward", &AutogradKernel<ActivationBackward<kReluBackward, nullptr>>::call);
-  m.impl("softmax", &AutogradKernel<SavesOutput<kSoftmax, kSoftmaxBackward, int64_t>>::call);
+#define PYOPS_AUTOGRAD_ACTIVATION(name, saved)                                                 \
+  m.impl(#name, &AutogradKernel<Saves<names::name, names::name##_backward, PYOPS_SAVES_##saved>>::call); \
+  m.impl(#name "_backward",                                                                     \
+         &AutogradKernel<ActivationBackward<names::name##_backward, name##_second>>::call);
+  PYOPS_ACTIVATIONS(PYOPS_AUTOGRAD_ACTIVATION)
+#undef PYOPS_AUTOGRAD_ACTIVATION
+  m.impl("softmax", &AutogradKernel<Saves<kSoftmax, kSoftmaxBackward, false, int64_t>>::call);
   m.impl("log_softmax",
-         &AutogradKernel<SavesOutput<kLogSoftmax, kLogSoftmaxBackward, int64_t>>::call);
+         &AutogradKernel<Saves<kLogSoftmax, kLogSoftmaxBackward, false, int64_t>>::call);
   m.impl("softmax_backward",
          &AutogradKernel<SoftmaxFamilyBackward<kSoftmaxBackward, softmax_second>>::call);
   m.impl("log_softmax_backward",

@@ -3,18 +3,21 @@
 // TORCH_LIBRARY_IMPL block, so the CPU and CUDA registrations cannot drift apart.
 #pragma once
 
+#include "activations.h"
+
 #include <torch/library.h>
 
 #define PYOPS_IMPL(m, op) m.impl(#op, &op)
 
-#define PYOPS_ACTIVATION_KERNELS(m)  \
-  PYOPS_IMPL(m, sigmoid);            \
-  PYOPS_IMPL(m, sigmoid_backward);   \
-  PYOPS_IMPL(m, tanh);               \
-  PYOPS_IMPL(m, tanh_backward);      \
-  PYOPS_IMPL(m, relu);               \
-  PYOPS_IMPL(m, relu_);              \
-  PYOPS_IMPL(m, relu_backward)
+// Every activation of csrc/activations.h, from the backend's policy `Backend` and its functors
+// named after the ops: `silu` computes pyops::silu and silu_ (called with one value) and
+// pyops::silu_backward (called with two).
+#define PYOPS_IMPL_ACTIVATION(name, saved)                                              \
+  m.impl(#name, &::pyops::activation<Backend, name, ::pyops::names::name>);            \
+  m.impl(#name "_", &::pyops::activation_<Backend, name, ::pyops::names::name>);       \
+  m.impl(#name "_backward",                                                             \
+         &::pyops::activation_backward<Backend, name, ::pyops::names::name##_backward>);
+#define PYOPS_ACTIVATION_KERNELS(m) PYOPS_ACTIVATIONS(PYOPS_IMPL_ACTIVATION)
 
 // softmax_forward<log> and softmax_backward_impl<log> serve softmax and log_softmax.
 #define PYOPS_SOFTMAX_KERNELS(m)                               \

@@ -67,6 +67,7 @@ inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
 
 // Inputs checked and laid out for the kernels.
 struct Prepared {
+  const char* op;     // the operator's name, for errors
   at::Tensor input;   // dense, positions in logical order
   at::Tensor target;  // class indices (int64, contiguous) or probabilities (input's layout)
   at::Tensor weight;  // accumulation dtype, contiguous, or undefined
@@ -90,6 +91,7 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
               ": input and target must be on the same device, got ", input.device(), " and ",
               target.device());
   Prepared p;
+  p.op = op;
   p.class_dim = input.dim() == 1 ? 0 : 1;
   p.position_shape = input.sizes().vec();
   p.position_shape.erase(p.position_shape.begin() + p.class_dim);
@@ -175,6 +177,7 @@ inline void check_grad_in_forward(const at::Tensor& input, int64_t reduction,
 
 // Inputs of an elementwise loss, each dense and laid out exactly like x.
 struct Elementwise {
+  const char* op;  // the operator's name, for errors
   at::Tensor x, y, w, pos_w;
 };
 
@@ -197,6 +200,7 @@ inline Elementwise prepare_elementwise(
   TORCH_CHECK(target.sizes() == input.sizes(), op, ": target size ", shape_str(target.sizes()),
               " must be the same as input size ", shape_str(input.sizes()));
   Elementwise e;
+  e.op = op;
   e.x = dense(input);
   e.y = like_input(op, "target", target, input, e.x);
   e.w = like_input(op, "weight", weight, input, e.x);
@@ -207,6 +211,7 @@ inline Elementwise prepare_elementwise(
 // ---- multi_margin_loss --------------------------------------------------------------------
 
 struct MarginRows {
+  const char* op;     // the operator's name, for errors
   at::Tensor x;       // (rows, classes), contiguous
   at::Tensor target;  // (rows), int64, contiguous
   at::Tensor weight;  // (classes), accumulation dtype, or undefined
@@ -223,6 +228,7 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
               ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
               shape_str(input.sizes()));
   MarginRows m;
+  m.op = op;
   m.rows = input.dim() == 2 ? input.size(0) : 1;
   m.classes = input.dim() == 0 ? 1 : input.size(-1);
   TORCH_CHECK(target.scalar_type() == at::kLong, op, ": expected scalar type Long but found ",

@@ -1,17 +1,19 @@
-// The one list of pyops operators. Kernels register against these schemas per backend
-// (csrc/cpu/*.cpp, csrc/cuda/*.cu); autograd in csrc/autograd.cpp and pyops/_autograd.py, fake
-// kernels in pyops/_autograd.py.
+// The schemas of every pyops operator. Kernels register against them per backend
+// (csrc/cpu/*.cpp, csrc/cuda/*.cu), autograd in csrc/autograd.cpp, fake kernels in
+// pyops/_autograd.py.
+#include "activations.h"
+
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyops, m) {
-  // Activations. Backward ops take the saved forward output, never the input.
-  m.def("sigmoid(Tensor self) -> Tensor");
-  m.def("sigmoid_backward(Tensor grad, Tensor out) -> Tensor");
-  m.def("tanh(Tensor self) -> Tensor");
-  m.def("tanh_backward(Tensor grad, Tensor out) -> Tensor");
-  m.def("relu(Tensor self) -> Tensor");
-  m.def("relu_(Tensor(a!) self) -> ()");
-  m.def("relu_backward(Tensor grad, Tensor out) -> Tensor");
+  // Activations (csrc/activations.h), each also in place; the backward op takes the saved
+  // output or input.
+#define PYOPS_DEF_ACTIVATION(name, saved)                                \
+  m.def(#name "(Tensor self) -> Tensor");                                \
+  m.def(#name "_(Tensor(a!) self) -> ()");                               \
+  m.def(#name "_backward(Tensor grad, Tensor " #saved ") -> Tensor");
+  PYOPS_ACTIVATIONS(PYOPS_DEF_ACTIVATION)
+#undef PYOPS_DEF_ACTIVATION
 
   // Softmax over one dim. Backward ops take the saved forward output.
   m.def("softmax(Tensor self, int dim) -> Tensor");

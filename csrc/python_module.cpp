@@ -1,6 +1,9 @@
 // The Python module pyops._C: it carries the operator schemas (csrc/ops.cpp is linked in) and
-// the facts fixed at compile time, which pyops.build_info() reports.
+// the facts fixed at compile time, which pyops.build_info() reports, and the list of
+// activations (csrc/activations.h).
 #include <Python.h>
+
+#include "activations.h"
 
 #include <torch/headeronly/version.h>
 
@@ -16,6 +19,11 @@
 
 namespace {
 
+// "sigmoid:out ... silu:self ...": each activation and what its backward takes, for Python.
+#define PYOPS_ACTIVATION_NAME(name, saved) #name ":" #saved " "
+constexpr char kActivations[] = PYOPS_ACTIVATIONS(PYOPS_ACTIVATION_NAME);
+#undef PYOPS_ACTIVATION_NAME
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "pyops compiled core", -1, nullptr};
 
 }  // namespace
@@ -30,7 +38,8 @@ PyMODINIT_FUNC PyInit__C() {
 #endif
   if (PyModule_AddStringConstant(module, "torch_version", TORCH_VERSION) < 0 ||
       PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_archs", PYOPS_CUDA_ARCHS_STRING) < 0) {
+      PyModule_AddStringConstant(module, "cuda_archs", PYOPS_CUDA_ARCHS_STRING) < 0 ||
+      PyModule_AddStringConstant(module, "activations", kActivations) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -59,6 +59,34 @@ inline void check_same_meta(const char* op, const at::Tensor& grad, const at::Te
               out.device());
 }
 
+// ---- dtype dispatch with the op's name ---------------------------------------------------------
+
+// AT_DISPATCH_FLOATING_TYPES(_AND2(kBFloat16, kHalf)) whose error names the op by a name known
+// at run time only (shared drivers serve several ops; AT_DISPATCH's name must be constexpr).
+template <bool kHalfTypes, typename F>
+void dispatch_floating(const char* op, at::ScalarType type, const F& f) {
+  switch (type) {
+    case at::kDouble: return f(double{});
+    case at::kFloat: return f(float{});
+    case at::kBFloat16: if constexpr (kHalfTypes) return f(at::BFloat16{}); break;
+    case at::kHalf: if constexpr (kHalfTypes) return f(at::Half{}); break;
+    default: break;
+  }
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": not implemented for '", type, "'");
+}
+
+// PYOPS_DISPATCH_FLOATING(dtype, op name, [&] { ...scalar_t... }), as AT_DISPATCH's.
+#define PYOPS_DISPATCH_FLOATING(TYPE, OP, ...)                                   \
+  ::pyops::dispatch_floating<true>(OP, TYPE, [&](auto pyops_dtype_tag_) {        \
+    using scalar_t = decltype(pyops_dtype_tag_);                                 \
+    return (__VA_ARGS__)();                                                      \
+  })
+#define PYOPS_DISPATCH_FLOAT_DOUBLE(TYPE, OP, ...)                               \
+  ::pyops::dispatch_floating<false>(OP, TYPE, [&](auto pyops_dtype_tag_) {       \
+    using scalar_t = decltype(pyops_dtype_tag_);                                 \
+    return (__VA_ARGS__)();                                                      \
+  })
+
 // ---- {outer, dim, inner}: a reduction over one dim, in memory order ---------------------------
 
 struct Shape3 {

@@ -8,6 +8,8 @@ works throughout.
 
 import torch
 
+from . import _C
+
 ops = torch.ops.pyops
 
 
@@ -31,19 +33,15 @@ def _fake_like(x):
     return torch.empty_like(x)
 
 
-# ---- activations --------------------------------------------------------------------------
+# ---- activations (the list of csrc/activations.h) ------------------------------------------
 
-for _name in ("sigmoid", "tanh", "relu"):
+# name -> what its backward op takes besides the gradient: "out" or "self" (the input)
+ACTIVATIONS = dict(entry.split(":") for entry in _C.activations.split())
+
+for _name in ACTIVATIONS:
     register_fake(_name)(_fake_like)
-
-
-@register_fake("relu_")
-def _(self):
-    return None
-
-
-for _name in ("sigmoid_backward", "tanh_backward", "relu_backward"):
-    register_fake(_name)(lambda grad, out: torch.empty_like(out))
+    register_fake(_name + "_")(lambda self: None)
+    register_fake(_name + "_backward")(lambda grad, saved: torch.empty_like(saved))
 
 
 # ---- softmax, log_softmax -----------------------------------------------------------------
@@ -85,8 +83,8 @@ def _element_scale(grad, reduction, denominator):
 def _reduce_positions(values, reduction, denominator):
     if reduction == REDUCTION_NONE:
         return values
-    total = values.sum()
-    return total / denominator if reduction == REDUCTION_MEAN else total
+    # The mean as a sum of scaled terms: of no terms its derivatives are 0, not 0/0.
+    return (values / denominator).sum() if reduction == REDUCTION_MEAN else values.sum()
 
 
 # ---- cross_entropy --------------------------------------------------------------------------
@@ -242,6 +240,10 @@ def _grads_through(fn, tensors, wanted, grad_out, create_graph):
         return result
     with torch.enable_grad():
         out = fn(*tensors)
+    if not out.requires_grad:  # piecewise constant in every wanted tensor (hinge's input gradient)
+        for i in wanted:
+            result[i] = torch.zeros_like(tensors[i])
+        return result
     grads = torch.autograd.grad(out, [tensors[i] for i in wanted], grad_out,
                                 create_graph=create_graph, allow_unused=True)
     for i, g in zip(wanted, grads):

@@ -5,17 +5,14 @@ import copy
 import logging
 
 import torch
-import torch.nn.functional as TF
 
-from . import functional as PF
 from . import nn as pnn
+from .table import OPS
 
 log = logging.getLogger("pyops")
 
 # torch module class -> pyops class (each a subclass of the torch class with the same state).
-MODULES = {getattr(torch.nn, cls.__name__): cls for cls in (
-    pnn.Sigmoid, pnn.Tanh, pnn.ReLU, pnn.Softmax, pnn.LogSoftmax, pnn.CrossEntropyLoss,
-    pnn.NLLLoss, pnn.MSELoss, pnn.BCELoss, pnn.BCEWithLogitsLoss, pnn.MultiMarginLoss)}
+MODULES = {cls.__mro__[1]: cls for cls in pnn.TWINS}
 
 
 def convert(model, inplace=False, report=False):
@@ -38,32 +35,35 @@ def convert(model, inplace=False, report=False):
     return (model, replaced) if report else model
 
 
-# torch.softmax and torch.log_softmax take (input, dim, dtype=None), not F's signature.
-def _torch_softmax(input, dim, dtype=None):
-    return PF.softmax(input, dim, dtype=dtype)
+# (namespace, name, replacement) for every place patch() routes to pyops: the op table's.
+PATCHES = [(entry[0], entry[1], entry[2] if len(entry) > 2 else op.function)
+           for op in OPS for entry in op.patches]
 
 
-def _torch_log_softmax(input, dim, dtype=None):
-    return PF.log_softmax(input, dim, dtype=dtype)
+def _settle_torch_caches():
+    """torch.compile and torch.overrides list torch's functions once per process, by looking
+    them up by name, and keep the lists. Built while patched, they would hold pyops' functions
+    under torch's names (dynamo then rejects them, or worse keeps them after the patch), so they
+    are built before the first patch."""
+    import torch._dynamo.trace_rules
 
-
-PATCHES = [
-    (torch, "sigmoid", PF.sigmoid), (torch, "tanh", PF.tanh), (torch, "relu", PF.relu),
-    (torch, "softmax", _torch_softmax), (torch, "log_softmax", _torch_log_softmax),
-    (TF, "sigmoid", PF.sigmoid), (TF, "tanh", PF.tanh), (TF, "relu", PF.relu),
-    (TF, "softmax", PF.softmax), (TF, "log_softmax", PF.log_softmax),
-]
+    torch._dynamo.trace_rules.get_torch_obj_rule_map()
+    torch.overrides.get_ignored_functions()
+    torch.overrides.get_testing_overrides()
+    torch.overrides.get_overridable_functions()
 
 
 class patch(contextlib.ContextDecorator):
-    """Routes torch.sigmoid/tanh/relu/softmax/log_softmax and torch.nn.functional's functions of
-    the same names to pyops within its scope (a with-block or a decorated function). What was
-    there before is restored on exit, also after an exception and when nested."""
+    """Routes the torch and torch.nn.functional functions pyops has (the op table's patches:
+    activations, softmax and the losses) to pyops within its scope (a with-block or a decorated
+    function). What was there before is restored on exit, also after an exception and when
+    nested. Works under torch.compile, fullgraph included."""
 
     def __init__(self):
         self._saved = []
 
     def __enter__(self):
+        _settle_torch_caches()
         self._saved.append([(owner, name, getattr(owner, name)) for owner, name, _ in PATCHES])
         for owner, name, replacement in PATCHES:
             setattr(owner, name, replacement)
@@ -77,9 +77,9 @@ class patch(contextlib.ContextDecorator):
 
 # Autocast: the ops torch runs in float32 under autocast, pyops runs in float32 too. On CPU those
 # are the losses; on CUDA softmax and log_softmax as well. Activations keep the input's dtype.
-LOSS_OPS = ["cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy",
-            "binary_cross_entropy_with_logits", "hinge_loss", "multi_margin_loss"]
-FLOAT32_UNDER_AUTOCAST = {"cpu": LOSS_OPS, "cuda": ["softmax", "log_softmax"] + LOSS_OPS}
+LOSS_OPS = [op.name for op in OPS if op.family == "loss"]
+SOFTMAX_OPS = [op.name for op in OPS if op.family == "softmax"]
+FLOAT32_UNDER_AUTOCAST = {"cpu": LOSS_OPS, "cuda": SOFTMAX_OPS + LOSS_OPS}
 
 for _device, _names in FLOAT32_UNDER_AUTOCAST.items():
     for _name in _names:

@@ -6,11 +6,11 @@ import warnings
 import torch
 from torch.nn import _reduction
 
-from ._autograd import REDUCTION_NONE, CrossEntropyGradInForward
+from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 
 ops = torch.ops.pyops
 
-__all__ = ["sigmoid", "tanh", "relu", "softmax", "log_softmax", "cross_entropy", "nll_loss",
+__all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy", "nll_loss",
            "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy", "hinge_loss",
            "multi_margin_loss"]
 
@@ -32,28 +32,34 @@ def tanh(input):
     return ops.tanh(_as_floating(input))
 
 
-class _ReluInplace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input):
-        ops.relu_(input)
-        ctx.mark_dirty(input)
-        ctx.save_for_backward(input)
-        return input
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return ops.relu_backward(grad, out)
+def _activation(name, input, inplace):
+    """pyops::<name>(input), or with inplace its result written into input. When autograd
+    records it, that is a copy into input (the in-place op has no autograd), of the activation
+    of a clone where the backward needs the input as it was."""
+    op = getattr(ops, name)
+    if not inplace:
+        return op(input)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return input.copy_(op(input.clone() if ACTIVATIONS[name] == "self" else input))
+    getattr(ops, name + "_")(input)
+    return input
 
 
 def relu(input, inplace=False):
     """torch.nn.functional.relu. Integer inputs stay integral, as in torch; bool raises."""
-    if not inplace:
-        return ops.relu(input)
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _ReluInplace.apply(input)
-    ops.relu_(input)
-    return input
+    return _activation("relu", input, inplace)
+
+
+def silu(input, inplace=False):
+    """torch.nn.functional.silu: x * sigmoid(x)."""
+    return _activation("silu", input, inplace)
+
+
+def gelu(input, approximate="none"):
+    """torch.nn.functional.gelu: x * Phi(x), or with approximate='tanh' torch's tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    return _activation("gelu" if approximate == "none" else "gelu_tanh", input, False)
 
 
 def _implicit_softmax_dim(name, ndim, stacklevel):
@@ -190,6 +196,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if target.size() != input.size():
         raise ValueError(f"Target size ({target.size()}) must be the same as input size "
                          f"({input.size()})")
+    if not input.is_floating_point():  # torch's kernel has no integer logits, whatever the target
+        raise NotImplementedError(f"binary_cross_entropy_with_logits: expected floating-point "
+                                  f"logits, got {input.dtype}")
     input, target, weight, pos_weight = _promoted(input, target, weight, pos_weight)
     return ops.binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
 

@@ -1,74 +1,29 @@
-"""Drop-in replacements for torch.nn modules, backed by pyops.functional."""
+"""Drop-in replacements for torch.nn modules, backed by pyops.functional.
 
+Each twin is built from its row of the op table (pyops.table): a subclass of the torch module,
+so the same constructor, state, repr and pickling; only forward differs, calling the pyops
+function with the module's attributes. So pyops.convert can swap a module's class in place.
+"""
+
+import torch
 from torch import nn
 
 from . import functional as F
-
-__all__ = ["Sigmoid", "Tanh", "ReLU", "Softmax", "LogSoftmax", "CrossEntropyLoss", "NLLLoss",
-           "MSELoss", "BCELoss", "BCEWithLogitsLoss", "HingeLoss", "MultiMarginLoss"]
+from .table import OPS
 
 
-# Each module subclasses torch's: the same constructor, state, repr and pickling; only the
-# computation differs. So pyops.convert can swap a module's class in place.
+def _twin(op):
+    def forward(self, *args):
+        return op.function(*args, **{name: getattr(self, name) for name in op.module_args})
 
-class Sigmoid(nn.Sigmoid):
-    def forward(self, input):
-        return F.sigmoid(input)
-
-
-class Tanh(nn.Tanh):
-    def forward(self, input):
-        return F.tanh(input)
+    base = getattr(torch.nn, op.module)
+    return type(op.module, (base,), {
+        "forward": forward, "__module__": __name__, "__qualname__": op.module,
+        "__doc__": f"torch.nn.{op.module}, computed by pyops.functional.{op.name}."})
 
 
-class ReLU(nn.ReLU):
-    def forward(self, input):
-        return F.relu(input, inplace=self.inplace)
-
-
-class Softmax(nn.Softmax):
-    def forward(self, input):
-        return F.softmax(input, self.dim, _stacklevel=5)
-
-
-class LogSoftmax(nn.LogSoftmax):
-    def forward(self, input):
-        return F.log_softmax(input, self.dim, _stacklevel=5)
-
-
-class CrossEntropyLoss(nn.CrossEntropyLoss):
-    def forward(self, input, target):
-        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction=self.reduction, label_smoothing=self.label_smoothing)
-
-
-class NLLLoss(nn.NLLLoss):
-    def forward(self, input, target):
-        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                          reduction=self.reduction)
-
-
-class MSELoss(nn.MSELoss):
-    def forward(self, input, target):
-        return F.mse_loss(input, target, reduction=self.reduction)
-
-
-class BCELoss(nn.BCELoss):
-    def forward(self, input, target):
-        return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
-
-
-class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
-    def forward(self, input, target):
-        return F.binary_cross_entropy_with_logits(input, target, self.weight,
-                                                  pos_weight=self.pos_weight,
-                                                  reduction=self.reduction)
-
-
-class MultiMarginLoss(nn.MultiMarginLoss):
-    def forward(self, input, target):
-        return F.multi_margin_loss(input, target, p=self.p, margin=self.margin,
-                                   weight=self.weight, reduction=self.reduction)
+TWINS = [_twin(op) for op in OPS if op.module]
+globals().update({cls.__name__: cls for cls in TWINS})
 
 
 class HingeLoss(nn.Module):
@@ -84,3 +39,6 @@ class HingeLoss(nn.Module):
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction}"
+
+
+__all__ = [cls.__name__ for cls in TWINS] + ["HingeLoss"]

@@ -90,6 +90,20 @@ def assert_no_worse_than_torch(ours, theirs, reference, slack_ulps=1):
     assert err_ours <= err_torch + slack_ulps * ulp, (err_ours, err_torch, ulp)
 
 
+def assert_as_accurate_as_torch(ours, theirs, reference, ulps=2, atol=0.0):
+    """Element by element, pyops is as close to a float64 `reference` as torch is, up to `ulps`
+    of the reference value plus `atol`; NaN and infinities in the same places. For formulas
+    that cancel (gelu's 1 + erf(x) for x << 0), where equally good kernels round differently."""
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, (ours.dtype, theirs.dtype)
+    a, b, r = ours.double(), theirs.double(), reference.double()
+    assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN positions differ"
+    finite = torch.isfinite(r) & ~torch.isnan(b)
+    assert torch.equal(a[~finite & ~torch.isnan(b)], b[~finite & ~torch.isnan(b)])
+    bound = (b - r).abs() + ulps * torch.finfo(ours.dtype).eps * r.abs() + atol
+    worse = finite & ((a - r).abs() > bound)
+    assert not worse.any(), (a[worse][:5], b[worse][:5], r[worse][:5])
+
+
 def assert_results_match(ours, theirs, reference, dtype, slack_ulps=2, atol_ulps=16,
                          no_worse=None):
     """Pairs of results (losses, gradients) of pyops and torch for the same inputs.

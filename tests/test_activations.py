@@ -1,4 +1,7 @@
-"""sigmoid, tanh, relu against torch: values, gradients, second order, registration, compile."""
+"""The activations of the op table against torch: values, gradients, second order,
+registration, compile, in place."""
+
+import functools
 
 import pytest
 import torch
@@ -6,14 +9,18 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import (FLOAT_DTYPES, LAYOUTS, assert_close, assert_compiles_like_eager,
+from helpers import (FLOAT_DTYPES, LAYOUTS, TOLERANCES, assert_as_accurate_as_torch, assert_close, assert_compiles_like_eager,
                      device_params, make_tensor, special_values)
+from pyops._autograd import ACTIVATIONS
+from pyops.table import OPS as TABLE
 
-OPS = {
-    "sigmoid": (PF.sigmoid, torch.sigmoid),
-    "tanh": (PF.tanh, torch.tanh),
-    "relu": (PF.relu, torch.relu),
-}
+ROWS = [op for op in TABLE if op.family == "activation"]
+# label -> (pyops function, torch function), a pair per row and keyword variant
+OPS = {op.name + "".join(f"-{k}={v}" for k, v in kw.items()):
+       (functools.partial(op.function, **kw), functools.partial(op.torch_fn, **kw))
+       for op in ROWS for kw in op.variants}
+ROW_OF = {label: op for op in ROWS for label in OPS if label.split("-")[0] == op.name}
+INPLACE = [op for op in ROWS if "inplace" in op.module_args]
 SHAPES = [(), (0,), (3, 0, 5), (1,), (7,), (33, 17), (2, 3, 5, 7), (65537,), (3, 1000)]
 
 op_params = pytest.mark.parametrize("name", list(OPS))
@@ -31,14 +38,22 @@ def test_values_and_grads_match_torch(device, name, dtype, shape, layout):
     x_ours = x.detach().clone().requires_grad_() if layout == "contiguous" else x.detach().requires_grad_()
     x_torch = x.detach().clone().requires_grad_()
     y_ours, y_torch = ours(x_ours), theirs(x_torch)
-    assert_close(y_ours, y_torch)
+    x_exact = x.detach().double().requires_grad_()
+    y_exact = theirs(x_exact)
+    # Within the dtype's tolerance of torch, or (formulas that cancel, such as gelu's) as close
+    # to float64 as torch's, element by element.
+    tol = TOLERANCES[dtype]
+    assert_as_accurate_as_torch(y_ours, y_torch, y_exact, atol=tol["atol"] + tol["rtol"] * 1e-30)
+    assert torch.allclose(y_ours.double(), y_torch.double(), equal_nan=True, **tol) or \
+        ROW_OF[name].name == "gelu"
     grad = make_tensor(shape, dtype, device, seed=1)
     (g_ours,) = torch.autograd.grad(y_ours, x_ours, grad)
     (g_torch,) = torch.autograd.grad(y_torch, x_torch, grad)
+    (g_exact,) = torch.autograd.grad(y_exact, x_exact, grad.double())
     # tanh' = 1 - y*y cancels near |y| = 1, where our y and torch's may differ by up to two
     # ulps (each within one ulp of the truth; the baseline ISA uses libm): the gradient then
     # differs by up to |grad| * 2|y| * 2 ulp, with |grad| <= 4 here.
-    assert_close(g_ours, g_torch, atol=8 * torch.finfo(dtype).eps)
+    assert_as_accurate_as_torch(g_ours, g_torch, g_exact, atol=8 * torch.finfo(dtype).eps)
 
 
 @device_params
@@ -47,11 +62,17 @@ def test_values_and_grads_match_torch(device, name, dtype, shape, layout):
 def test_special_values(device, name, dtype):
     ours, theirs = OPS[name]
     x = special_values(dtype, device)
-    assert_close(ours(x), theirs(x))
+    if name == "gelu":  # torch's CPU kernel says NaN at inf, the limit (and pyops) says inf
+        assert ours(x[x == float("inf")]).item() == float("inf")
+        x = x[x != float("inf")]
     x_ours, x_torch = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours(x_ours).sum().backward()
-    theirs(x_torch).sum().backward()
-    assert_close(x_ours.grad, x_torch.grad)
+    x_exact = x.double().requires_grad_()
+    results = [f(v) for f, v in ((ours, x_ours), (theirs, x_torch), (theirs, x_exact))]
+    assert_as_accurate_as_torch(*results, atol=TOLERANCES[dtype]["atol"])
+    for r in results:
+        r.sum().backward()
+    assert_as_accurate_as_torch(x_ours.grad, x_torch.grad, x_exact.grad,
+                                atol=TOLERANCES[dtype]["atol"])
 
 
 @device_params
@@ -67,31 +88,34 @@ def test_gradcheck_and_gradgradcheck(device, name, layout):
 
 
 @device_params
-@pytest.mark.parametrize("name", ["sigmoid_backward", "tanh_backward", "relu_backward"])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_backward_op_gradcheck(device, name):
-    op = getattr(torch.ops.pyops, name)
+    op = getattr(torch.ops.pyops, name + "_backward")
     grad = make_tensor((3, 4), torch.float64, device, seed=2).requires_grad_()
-    out = make_tensor((3, 4), torch.float64, device, low=0.1, high=0.9, seed=3).requires_grad_()
-    assert torch.autograd.gradcheck(op, (grad, out))
-    assert torch.autograd.gradgradcheck(op, (grad, out))
+    # an output of sigmoid or tanh lies in (-1, 1); relu's must stay away from its kink at 0
+    saved = make_tensor((3, 4), torch.float64, device, low=0.1, high=0.9, seed=3).requires_grad_()
+    assert torch.autograd.gradcheck(op, (grad, saved))
+    assert torch.autograd.gradgradcheck(op, (grad, saved))
 
 
 @device_params
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "expanded"])
 def test_opcheck(device, name, layout):
     x = make_tensor((5, 6), torch.float32, device, layout).requires_grad_()
     opcheck(getattr(torch.ops.pyops, name), (x,))
     grad = make_tensor((5, 6), torch.float32, device, seed=1)
-    out = getattr(torch.ops.pyops, name)(x.detach())
-    opcheck(getattr(torch.ops.pyops, name + "_backward"), (grad, out))
-    opcheck(getattr(torch.ops.pyops, name + "_backward"), (grad.t().contiguous().t(), out))
+    saved = x.detach() if ACTIVATIONS[name] == "self" else getattr(torch.ops.pyops, name)(x.detach())
+    opcheck(getattr(torch.ops.pyops, name + "_backward"), (grad, saved))
+    opcheck(getattr(torch.ops.pyops, name + "_backward"), (grad.t().contiguous().t(), saved))
 
 
 @device_params
-def test_opcheck_relu_inplace(device):
-    opcheck(torch.ops.pyops.relu_, (make_tensor((5, 6), torch.float32, device),))
-    opcheck(torch.ops.pyops.relu_, (make_tensor((5, 6), torch.float32, device, "sliced"),))
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_opcheck_inplace(device, name):
+    op = getattr(torch.ops.pyops, name + "_")
+    opcheck(op, (make_tensor((5, 6), torch.float32, device),))
+    opcheck(op, (make_tensor((5, 6), torch.float32, device, "sliced"),))
 
 
 @device_params
@@ -127,26 +151,31 @@ def test_grad_of_one_element(device, name):
     assert_close(g_ours, g_torch)
 
 
-# ---- relu in place ------------------------------------------------------------------------
+# ---- in place (relu, silu) -------------------------------------------------------------------
+
+inplace_params = pytest.mark.parametrize("op", INPLACE, ids=lambda op: op.name)
+
 
 @device_params
+@inplace_params
 @dtype_params
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
-def test_relu_inplace_values(device, dtype, layout):
+def test_inplace_values(device, op, dtype, layout):
     x = make_tensor((6, 7), dtype, device, layout)
-    expected = torch.relu(x)
+    expected = op.torch_fn(x)
     storage_ptr = x.data_ptr()
-    result = PF.relu(x, inplace=True)
+    result = op.function(x, inplace=True)
     assert result is x and x.data_ptr() == storage_ptr
     assert_close(x, expected)
 
 
 @device_params
-def test_relu_inplace_autograd(device):
+@inplace_params
+def test_inplace_autograd(device, op):
     base = make_tensor((6, 7), torch.float64, device).requires_grad_()
     ours_in, torch_in = base * 3, base * 3
-    PF.relu(ours_in, inplace=True)
-    torch.nn.functional.relu(torch_in, inplace=True)
+    op.function(ours_in, inplace=True)
+    op.torch_fn(torch_in, inplace=True)
     assert_close(ours_in, torch_in)
     grad = make_tensor((6, 7), torch.float64, device, seed=1)
     (g_ours,) = torch.autograd.grad(ours_in, base, grad)
@@ -155,12 +184,13 @@ def test_relu_inplace_autograd(device):
 
 
 @device_params
-def test_relu_inplace_on_leaf_raises_like_torch(device):
+@inplace_params
+def test_inplace_on_leaf_raises_like_torch(device, op):
     leaf = make_tensor((3,), torch.float32, device).requires_grad_()
     with pytest.raises(RuntimeError, match="leaf Variable"):
-        torch.nn.functional.relu(leaf, inplace=True)
+        op.torch_fn(leaf, inplace=True)
     with pytest.raises(RuntimeError, match="leaf Variable"):
-        PF.relu(leaf, inplace=True)
+        op.function(leaf, inplace=True)
 
 
 # ---- integer inputs, errors ------------------------------------------------------------------
@@ -172,10 +202,9 @@ def test_integer_inputs_follow_torch(device, dtype):
     for name, (ours, theirs) in OPS.items():
         try:
             expected = theirs(x)
-        except RuntimeError as err:
-            with pytest.raises(RuntimeError, match="Boolean inputs not supported"):
+        except RuntimeError as err:  # the same kind of error (NotImplementedError a subclass)
+            with pytest.raises(type(err)):
                 ours(x)
-            assert "Boolean" in str(err)
             continue
         result = ours(x)
         assert result.dtype == expected.dtype, name
@@ -199,12 +228,15 @@ def test_complex_input_raises():
 # ---- modules ---------------------------------------------------------------------------------
 
 @device_params
-def test_modules_match_torch(device):
+@pytest.mark.parametrize("op", ROWS, ids=lambda op: op.name)
+def test_modules_match_torch(device, op):
     x = make_tensor((4, 5), torch.float32, device)
-    for ours, theirs in [(pyops.nn.Sigmoid(), torch.nn.Sigmoid()), (pyops.nn.Tanh(), torch.nn.Tanh()),
-                         (pyops.nn.ReLU(), torch.nn.ReLU())]:
-        assert_close(ours(x), theirs(x))
-    assert repr(pyops.nn.ReLU(inplace=True)) == repr(torch.nn.ReLU(inplace=True))
-    y = x.clone()
-    pyops.nn.ReLU(inplace=True)(y)
-    assert_close(y, torch.relu(x))
+    for kwargs in op.variants:
+        ours = getattr(pyops.nn, op.module)(**kwargs)
+        theirs = getattr(torch.nn, op.module)(**kwargs)
+        assert_close(ours(x), op.function(x, **kwargs))  # values against torch: above
+        assert repr(ours) == repr(theirs)
+    if op in INPLACE:
+        y = x.clone()
+        getattr(pyops.nn, op.module)(inplace=True)(y)
+        assert_close(y, op.torch_fn(x))

@@ -15,8 +15,6 @@ from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_li
                      assert_raises_like_torch, assert_results_match, checks_values_on_host,
                      device_params, make_tensor)
 
-PYOPS_OPS = ["cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward",
-             "cross_entropy_grad_in_forward", "scale_unless_one_"]
 
 # (input shape, class dim); targets take the input shape without the class dim.
 SHAPES = [((7,), 0), ((6, 5), 1), ((4, 5, 3), 1), ((2, 5, 3, 4), 1), ((3, 70, 130), 1),

@@ -13,8 +13,6 @@ from helpers import (FLOAT_DTYPES, HALF_DTYPES, assert_close, assert_compiles_li
                      assert_raises_like_torch, assert_results_match, checks_values_on_host,
                      device_params, make_tensor)
 
-PYOPS_OPS = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "hinge_loss",
-             "multi_margin_loss"]
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (0,), (7,), (33, 17), (2, 3, 5, 7), (65537,)]

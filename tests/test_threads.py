@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pyops
+from pyops._autograd import ACTIVATIONS
 
 ops = torch.ops.pyops
 MEAN, SUM, NONE = 1, 2, 0
@@ -42,15 +43,8 @@ def _probs(*shape, dim=1):
 # share (split within the row), half types.
 N = 5 << 15  # five of the losses' 32768-element sum blocks: one for each of three threads
 CASES = {
-    "sigmoid": ("sigmoid", lambda: ops.sigmoid(_rand(N))),
     "sigmoid_bf16": ("sigmoid", lambda: ops.sigmoid(_rand(N, dtype=torch.bfloat16))),
-    "sigmoid_backward": ("sigmoid_backward", lambda: ops.sigmoid_backward(_rand(N), _rand(N, seed=1))),
-    "tanh": ("tanh", lambda: ops.tanh(_rand(N))),
-    "tanh_backward": ("tanh_backward", lambda: ops.tanh_backward(_rand(N), _rand(N, seed=1))),
-    "relu": ("relu", lambda: ops.relu(_rand(N))),
     "relu_int": ("relu", lambda: ops.relu(torch.arange(-N, N))),
-    "relu_": ("relu_", lambda: (lambda x: (ops.relu_(x), x)[1])(_rand(N))),
-    "relu_backward": ("relu_backward", lambda: ops.relu_backward(_rand(N), _rand(N, seed=1))),
     "softmax_rows": ("softmax", lambda: ops.softmax(_rand(256, 1000), 1)),
     "softmax_tiles": ("softmax", lambda: ops.softmax(_rand(8, 500, 256), 1)),
     "softmax_few_tiles": ("softmax", lambda: ops.softmax(_rand(20000, 48), 0)),
@@ -113,6 +107,13 @@ CASES = {
     "multi_margin_loss_backward": ("multi_margin_loss_backward", lambda: ops.multi_margin_loss_backward(
         torch.tensor(1.0), _rand(2048, 100), _targets((2048,), 100, ignore_every=None), 2, 1.0, None, SUM)),
 }
+
+# Every activation of csrc/activations.h, its in-place form and its backward.
+for _name in ACTIVATIONS:
+    CASES[_name] = (_name, lambda op=getattr(ops, _name): op(_rand(N)))
+    CASES[_name + "_"] = (_name + "_", lambda op=getattr(ops, _name + "_"): (lambda x: (op(x), x)[1])(_rand(N)))
+    CASES[_name + "_backward"] = (_name + "_backward", lambda op=getattr(ops, _name + "_backward"):
+                                  op(_rand(N), _rand(N, seed=1)))
 
 # Operators whose CPU kernel does no elementwise work of its own.
 NO_KERNEL_WORK = {

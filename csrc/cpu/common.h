@@ -10,6 +10,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <tuple>
@@ -100,24 +102,40 @@ inline void store_as(S* p, int64_t count, const at::vec::Vectorized<T>& v) {
   }
 }
 
-// out[i] = vec_fn(in0[i], in1[i], ...) for i < n. Half types are widened to float for vec_fn
-// and rounded once on store: ATen's own map() may compute them in 16 bits on some ISAs.
+// out[i] = vec_fn(in0[i], in1[i], ...) for n a multiple of the vector size. Half types are
+// widened to float for vec_fn and rounded once on store: ATen's own map() may compute them in 16
+// bits on some ISAs. One compiled copy serves whole vectors and the padded tail below, so an
+// element's bits do not depend on where a thread's share ends (the compiler contracts a*b+c
+// into FMAs differently in different copies).
 template <typename scalar_t, typename VecFn, typename... Inputs>
-inline void vec_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
+C10_NOINLINE void vec_map_whole(const VecFn& vec_fn, scalar_t* out, int64_t n,
+                                const Inputs*... in) {
   using Vec = at::vec::Vectorized<scalar_t>;
-  const auto step = [&](int64_t i, int64_t count) {
+  for (int64_t i = 0; i < n; i += Vec::size()) {
     if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
-      const auto halves = std::make_tuple(at::vec::convert_to_float<scalar_t>(load(in + i, count))...);
+      const auto halves = std::make_tuple(at::vec::convert_to_float<scalar_t>(Vec::loadu(in + i))...);
       const auto lo = std::apply([&](const auto&... h) { return vec_fn(std::get<0>(h)...); }, halves);
       const auto hi = std::apply([&](const auto&... h) { return vec_fn(std::get<1>(h)...); }, halves);
-      at::vec::convert_from_float<scalar_t>(lo, hi).store(out + i, count);
+      at::vec::convert_from_float<scalar_t>(lo, hi).store(out + i);
     } else {
-      vec_fn(load(in + i, count)...).store(out + i, count);
+      vec_fn(Vec::loadu(in + i)...).store(out + i);
     }
-  };
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) step(i, Vec::size());
-  if (i < n) step(i, n - i);
+  }
+}
+
+template <typename scalar_t, typename VecFn, typename... Inputs>
+inline void vec_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*... in) {
+  constexpr int64_t kSize = at::vec::Vectorized<scalar_t>::size();
+  const int64_t whole = n - n % kSize;
+  vec_map_whole(vec_fn, out, whole, in...);
+  if (whole == n) return;
+  const int64_t tail = n - whole;
+  auto padded = std::make_tuple(std::array<Inputs, kSize>{}...);
+  std::apply([&](auto&... buf) { (std::copy_n(in + whole, tail, buf.data()), ...); }, padded);
+  std::array<scalar_t, kSize> result;
+  std::apply([&](const auto&... buf) { vec_map_whole(vec_fn, result.data(), kSize, buf.data()...); },
+             padded);
+  std::copy_n(result.data(), tail, out + whole);
 }
 
 // vec_map over n elements, split across threads.
@@ -127,5 +145,18 @@ void parallel_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*..
     vec_map(vec_fn, out + begin, end - begin, (in + begin)...);
   });
 }
+
+// The CPU side of the host code shared with CUDA (csrc/activations.h): no device guard,
+// outputs with huge pages, maps split across threads.
+struct Backend {
+  struct Guard {
+    explicit Guard(at::Device) {}
+  };
+  static at::Tensor output_like(const at::Tensor& like) { return cpu::output_like(like); }
+  template <typename Fn, typename scalar_t, typename... Inputs>
+  static void map(const Fn& fn, scalar_t* out, int64_t n, const Inputs*... in) {
+    parallel_map(fn, out, n, in...);
+  }
+};
 
 }  // namespace pyops::cpu

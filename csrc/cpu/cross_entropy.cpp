@@ -186,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
   auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
   at::Tensor denominator;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
     const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
@@ -328,7 +328,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   const auto lse_c = lse.contiguous();
   auto result = output_like(prep.input);
   if (result.numel() == 0) return in_input_layout(input, result);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
     const auto denominator =
@@ -391,7 +391,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
   const int64_t positions = s.outer * s.inner;
   auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
   at::Tensor denominator;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, 0.0);
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
@@ -421,7 +421,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto result = output_like(prep.input).zero_();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, ignore_index, 0.0);
     const GradScale<T> scale(grad, reduction, target_weight_sum(prep.target, args), positions);

@@ -31,7 +31,7 @@ at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction, double d
   check_reduction(reduction);
   const int64_t n = e.x.numel();
   at::Tensor result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
     const auto ops = operands<scalar_t>(e);
     if (reduction == kNone) {
       result = output_like(e.x);
@@ -61,7 +61,7 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
   } else {
     check_upstream_grad(grad, reduction, e.x.numel());
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
     auto ops = operands<scalar_t>(e);
     if (g.defined()) {
       ops.ptr[kGrad] = g.const_data_ptr<scalar_t>();
@@ -145,7 +145,7 @@ at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
 // x-derivative w * (x - y) / max(x (1 - x), 1e-12).
 
 void check_probabilities(const Elementwise& e) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
     const double outside = elementwise_sum(operands<scalar_t>(e), e.x.numel(), [](const auto& v) {
       using V = std::decay_t<decltype(v[kX])>;
       return V::blendv(V(1), V(0), (v[kX] >= V(0)) & (v[kX] <= V(1)));
@@ -256,7 +256,7 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
   const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
   const auto acc = acc_dtype(input.scalar_type());
   auto losses = at::empty({m.rows}, input.options().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
     using T = acc_t<scalar_t>;
     using V = Vectorized<T>;
     T* lp = losses.mutable_data_ptr<T>();
@@ -280,7 +280,7 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
   check_reduction(reduction);
   const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
   auto result = new_output({m.rows, m.classes}, input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
     using T = acc_t<scalar_t>;
     using V = Vectorized<T>;
     const GradScale<T> scale(grad, reduction,

@@ -121,7 +121,7 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
   auto out = output_like(x);
   if (x.numel() == 0) return out;
   const Shape3 s = shape3(x, dim);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
     using T = acc_t<scalar_t>;
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -152,7 +152,7 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
   auto result = output_like(y);
   if (y.numel() == 0) return result;
   const Shape3 s = shape3(y, dim);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), op, [&] {
     using T = acc_t<scalar_t>;
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();

@@ -1,6 +1,8 @@
-// sigmoid, tanh, relu and their backward ops on CUDA: one elementwise kernel, 16-byte packs
-// where every pointer is aligned, a scalar tail otherwise.
+// The activations' math on CUDA, one functor per op of csrc/activations.h (called with one
+// value the forward, with two (grad, saved) the backward), run by one elementwise kernel:
+// 16-byte packs where every pointer is aligned, a scalar tail otherwise.
 #include "common.cuh"
+#include "../activations.h"
 #include "../kernel_lists.h"
 
 namespace pyops::cuda {
@@ -71,99 +73,89 @@ void launch_map(scalar_t* out, Inputs<scalar_t, kArity> in, int64_t n, Fn fn) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-struct SigmoidOp {
-  template <typename T>
-  __device__ T operator()(const T (&v)[1]) const { return T(1) / (T(1) + ::exp(-v[0])); }
+// map() for the shared host code (csrc/activations.h).
+struct Backend {
+  using Guard = c10::cuda::CUDAGuard;
+  static at::Tensor output_like(const at::Tensor& like) { return at::empty_like(like); }
+  template <typename Fn, typename scalar_t, typename... In>
+  static void map(const Fn& fn, scalar_t* out, int64_t n, const In*... in) {
+    launch_map(out, Inputs<scalar_t, sizeof...(In)>{{in...}}, n, fn);
+  }
 };
-struct SigmoidBackwardOp {  // (grad, out)
+
+template <typename T>
+__device__ T sigmoid_of(T x) { return T(1) / (T(1) + ::exp(-x)); }
+
+struct sigmoid {
+  static constexpr bool kIntegers = false;
   template <typename T>
+  __device__ T operator()(const T (&v)[1]) const { return sigmoid_of(v[0]); }
+  template <typename T>  // (grad, out)
   __device__ T operator()(const T (&v)[2]) const { return v[0] * (T(1) - v[1]) * v[1]; }
 };
-struct TanhOp {
+
+struct tanh {
+  static constexpr bool kIntegers = false;
   template <typename T>
   __device__ T operator()(const T (&v)[1]) const { return ::tanh(v[0]); }
-};
-struct TanhBackwardOp {
   template <typename T>
   __device__ T operator()(const T (&v)[2]) const { return v[0] * (T(1) - v[1] * v[1]); }
 };
-struct ReluOp {  // NaN stays NaN, as torch.relu
-  template <typename T>
+
+struct relu {
+  static constexpr bool kIntegers = true;
+  template <typename T>  // NaN stays NaN, as torch.relu
   __device__ T operator()(const T (&v)[1]) const {
     return (v[0] > T(0) || v[0] != v[0]) ? v[0] : T(0);
   }
-};
-struct ReluBackwardOp {  // zero where out <= 0, as threshold_backward
-  template <typename T>
+  template <typename T>  // zero where out <= 0, as threshold_backward
   __device__ T operator()(const T (&v)[2]) const { return v[1] <= T(0) ? T(0) : v[0]; }
 };
 
-template <typename Op>
-at::Tensor unary_floating(const at::Tensor& self, const char* op) {
-  check_floating(op, self);
-  const c10::cuda::CUDAGuard guard(self.device());
-  const auto x = dense(self);
-  auto out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pyops", [&] {
-    launch_map(out.mutable_data_ptr<scalar_t>(), Inputs<scalar_t, 1>{{x.const_data_ptr<scalar_t>()}},
-               x.numel(), Op{});
-  });
-  return out;
-}
-
-template <typename Op>
-at::Tensor backward_from_output(const at::Tensor& grad, const at::Tensor& out, const char* op) {
-  check_same_meta(op, grad, out);
-  check_floating(op, out);
-  const c10::cuda::CUDAGuard guard(out.device());
-  const auto y = dense(out);
-  const auto g = in_layout_of(grad, y);
-  auto result = at::empty_like(y);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "pyops", [&] {
-    launch_map(result.mutable_data_ptr<scalar_t>(),
-               Inputs<scalar_t, 2>{{g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>()}},
-               y.numel(), Op{});
-  });
-  return result;
-}
-
-void relu_into(const at::Tensor& x, at::Tensor& out) {
-  TORCH_CHECK(x.scalar_type() != at::kBool, "Boolean inputs not supported for relu");
-  AT_DISPATCH_ALL_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pyops", [&] {
-    launch_map(out.mutable_data_ptr<scalar_t>(), Inputs<scalar_t, 1>{{x.const_data_ptr<scalar_t>()}},
-               x.numel(), ReluOp{});
-  });
-}
-
-at::Tensor sigmoid(const at::Tensor& self) { return unary_floating<SigmoidOp>(self, "pyops::sigmoid"); }
-at::Tensor tanh(const at::Tensor& self) { return unary_floating<TanhOp>(self, "pyops::tanh"); }
-
-at::Tensor relu(const at::Tensor& self) {
-  const c10::cuda::CUDAGuard guard(self.device());
-  const auto x = dense(self);
-  auto out = at::empty_like(x);
-  relu_into(x, out);
-  return out;
-}
-
-void relu_(at::Tensor& self) {
-  const c10::cuda::CUDAGuard guard(self.device());
-  if (self.is_non_overlapping_and_dense()) {
-    relu_into(self, self);
-  } else {
-    self.copy_(pyops::cuda::relu(self));
+struct silu {
+  static constexpr bool kIntegers = false;
+  template <typename T>
+  __device__ T operator()(const T (&v)[1]) const { return v[0] / (T(1) + ::exp(-v[0])); }
+  template <typename T>  // (grad, self)
+  __device__ T operator()(const T (&v)[2]) const {
+    const T s = sigmoid_of(v[1]);
+    return v[0] * s * (T(1) + v[1] * (T(1) - s));
   }
-}
+};
 
-at::Tensor sigmoid_backward(const at::Tensor& grad, const at::Tensor& out) {
-  return backward_from_output<SigmoidBackwardOp>(grad, out, "pyops::sigmoid_backward");
-}
-at::Tensor tanh_backward(const at::Tensor& grad, const at::Tensor& out) {
-  return backward_from_output<TanhBackwardOp>(grad, out, "pyops::tanh_backward");
-}
-at::Tensor relu_backward(const at::Tensor& grad, const at::Tensor& out) {
-  return backward_from_output<ReluBackwardOp>(grad, out, "pyops::relu_backward");
-}
+struct gelu {
+  static constexpr bool kIntegers = false;
+  template <typename T>
+  __device__ T operator()(const T (&v)[1]) const {
+    return v[0] * T(0.5) * ::erfc(v[0] * T(-M_SQRT1_2));  // no cancellation for x << 0
+  }
+  template <typename T>
+  __device__ T operator()(const T (&v)[2]) const {
+    const T x = v[1];
+    const T cdf = T(0.5) * ::erfc(x * T(-M_SQRT1_2));
+    const T pdf = T(M_2_SQRTPI * M_SQRT1_2 * 0.5) * ::exp(T(-0.5) * x * x);
+    return v[0] * (cdf + x * pdf);
+  }
+};
+
+constexpr double kGeluBeta = M_SQRT2 * M_2_SQRTPI * 0.5;  // sqrt(2 / pi)
+constexpr double kGeluKappa = 0.044715;
+
+struct gelu_tanh {
+  static constexpr bool kIntegers = false;
+  template <typename T>
+  __device__ T operator()(const T (&v)[1]) const {
+    const T x = v[0];
+    return T(0.5) * x * (T(1) + ::tanh(T(kGeluBeta) * (x + T(kGeluKappa) * x * x * x)));
+  }
+  template <typename T>
+  __device__ T operator()(const T (&v)[2]) const {
+    const T x = v[1];
+    const T t = ::tanh(T(kGeluBeta) * (x + T(kGeluKappa) * x * x * x));
+    const T inner_derivative = T(kGeluBeta) * (T(1) + T(3 * kGeluKappa) * x * x);
+    return v[0] * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * inner_derivative);
+  }
+};
 
 }  // namespace
 

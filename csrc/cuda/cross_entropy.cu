@@ -280,7 +280,7 @@ __global__ void reduced_scale_kernel(const scalar_t* __restrict__ grad,
 void write_target_weights(const Prepared& p, int64_t ignore_index, const at::Tensor& out) {
   const int64_t positions = p.target.numel();
   if (positions == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOAT_DOUBLE(out.scalar_type(), p.op, [&] {
     target_weights_kernel<<<blocks_for(positions), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         p.target.const_data_ptr<int64_t>(),
         p.weight.defined() ? p.weight.const_data_ptr<scalar_t>() : nullptr, ignore_index,
@@ -345,7 +345,7 @@ at::Tensor loss_output(const PositionValues& v, const Prepared& p, int64_t reduc
                  p.class_dim == 0 && !p.soft,
                  1.0 - label_smoothing,
                  label_smoothing / static_cast<double>(p.shape.dim)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(dtype, p.op, [&] {
     finish_loss_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(
         sums.const_data_ptr<double>(), f, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -370,7 +370,7 @@ at::Tensor scale_for(const at::Tensor& grad, int64_t reduction, const Prepared& 
   const auto denominator = mean && !p.soft ? target_weight_sum(p, ignore_index) : at::Tensor();
   auto scale = at::empty({}, grad.options().dtype(acc));
   const auto g = grad.reshape({});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(grad.scalar_type(), p.op, [&] {
     using T = at::opmath_type<scalar_t>;
     reduced_scale_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(),
@@ -466,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
                            positions, acc);
   }
   if (positions > 0 && s.dim > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+    PYOPS_DISPATCH_FLOATING(input.scalar_type(), op, [&] {
       using T = at::opmath_type<scalar_t>;
       const auto row = [](const at::Tensor& t) {
         return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
@@ -513,7 +513,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   if (result.numel() == 0) return in_input_layout(input, result);
   const auto scale = scale_for(grad, reduction, prep, ignore_index);
   const auto weight_sum = sum_of_weights(prep);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
     using T = at::opmath_type<scalar_t>;
     const auto a = class_args<T>(prep, ignore_index, label_smoothing, weight_sum);
     const scalar_t* x = prep.input.const_data_ptr<scalar_t>();
@@ -570,7 +570,8 @@ void scale_unless_one_(at::Tensor& self, const at::Tensor& scale) {
   TORCH_CHECK(self.is_non_overlapping_and_dense(), "scale_unless_one_: self must be dense");
   const c10::cuda::CUDAGuard guard(self.device());
   if (self.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, self.scalar_type(), "pyops", [&] {
+  constexpr const char* op = "pyops::scale_unless_one_";
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, self.scalar_type(), op, [&] {
     using T = at::opmath_type<scalar_t>;
     const auto s = scale.reshape({}).to(self.device(), c10::CppTypeToScalarType<T>::value);
     scale_unless_one_kernel<<<blocks_for(self.numel()), kThreads, 0,
@@ -626,7 +627,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
   const int64_t positions = prep.shape.outer * prep.shape.inner;
   const auto values = position_values(positions, /*smooth=*/false, /*weight=*/true,
                                       input.options().dtype(acc_dtype(input.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = at::opmath_type<scalar_t>;
     launch_nll<scalar_t, T>(prep, ignore_index, values.loss.mutable_data_ptr<T>(),
                             values.weight.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
@@ -643,7 +644,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
       prepare_classes("pyops::nll_loss_backward", input, target, weight, /*allow_soft=*/false);
   auto result = at::zeros_like(prep.input);
   const auto scale = scale_for(grad, reduction, prep, ignore_index);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = at::opmath_type<scalar_t>;
     launch_nll<scalar_t, T>(prep, ignore_index, nullptr, nullptr,
                             result.mutable_data_ptr<scalar_t>(), scale_of<T>(scale, reduction));

@@ -77,7 +77,7 @@ at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction,
     block_sums = at::zeros({blocks}, e.x.options().dtype(at::kDouble));
   }
   if (n > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+    PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
       using T = at::opmath_type<scalar_t>;
       elementwise_kernel<<<blocks, kThreads, 0, stream>>>(
           operands<scalar_t, T>(e), n,
@@ -110,7 +110,7 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
     g = upstream_scale(grad, reduction, denominator, n, acc);
   }
   if (n == 0) return result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, e.x.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
     using T = at::opmath_type<scalar_t>;
     auto ops = operands<scalar_t, T>(e);
     if (reduction == kNone) {
@@ -339,7 +339,7 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
   const c10::cuda::CUDAGuard guard(input.device());
   const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
   auto losses = at::empty({m.rows}, input.options().dtype(acc_dtype(input.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
     using T = at::opmath_type<scalar_t>;
     launch_multi_margin<scalar_t, T, false>(m, p, margin, nullptr, 0, losses.mutable_data_ptr<T>(),
                                             nullptr);
@@ -358,7 +358,7 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
   const auto scale = upstream_scale(
       grad, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows, acc);
   auto result = at::empty({m.rows, m.classes}, input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "pyops", [&] {
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
     using T = at::opmath_type<scalar_t>;
     launch_multi_margin<scalar_t, T, true>(m, p, margin, scale.const_data_ptr<T>(),
                                            reduction == kNone ? 1 : 0, nullptr,

@@ -179,7 +179,7 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
   if (x.numel() == 0) return out;
   const Shape3 s = shape3(x, dim);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (s.inner == 1) {
@@ -222,7 +222,7 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
   if (y.numel() == 0) return result;
   const Shape3 s = shape3(y, dim);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "pyops", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), op, [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();

@@ -1,0 +1,183 @@
+"""Every row of the op table (pyops.table), generically: values and gradients against its torch
+twin, gradcheck and gradgradcheck, opcheck of every pyops operator it reaches, torch.compile
+with fullgraph, patch(), the module twin and convert(), integer inputs, and CUDA against CPU.
+A row added to the table is tested here without a line added."""
+
+import pytest
+import torch
+from torch.library import opcheck
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import pyops
+from helpers import DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_results_match, device_params
+from pyops.table import OPS, samples
+
+rows = pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+
+
+class PyopsCalls(TorchDispatchMode):
+    """Records the pyops operators called below autograd, with their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "pyops":
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def names(self):
+        return {func._schema.name.split("::")[1] for func, _, _ in self.calls}
+
+
+def _floating(args):
+    return [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+
+
+def _with_grad(args, wanted):
+    """args with the tensors at `wanted` fresh leaves requiring grad, the others detached."""
+    return [a.detach().clone().requires_grad_() if i in wanted else
+            a.detach() if isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+
+
+def _results(fn, args, kwargs, wanted, dtype=None):
+    """fn's output and the gradients of args[i] for i in wanted, for a fixed upstream gradient
+    (of values that `dtype` holds exactly, when given)."""
+    leaves = _with_grad(args, wanted)
+    out = fn(*leaves, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    up = torch.rand(out.shape, generator=gen, dtype=torch.float64) + 0.5
+    up = up.to(dtype or out.dtype).to(out)
+    grads = torch.autograd.grad(out, [leaves[i] for i in wanted], up, allow_unused=True)
+    return [out.detach(), *grads]
+
+
+@device_params
+@rows
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_values_and_gradients_match_torch(device, op, dtype):
+    """Half types by the half-type rule: no less accurate than torch's own half result against
+    float64 (or, where torch has no kernel for the type, than torch in float32 rounded once)."""
+    for args, kwargs in samples(op, dtype, device):
+        wanted = _floating(args)
+        ours = _results(op.function, args, kwargs, wanted, dtype)
+        exact = _results(op.torch_fn, [a.double() if i in wanted else a for i, a in enumerate(args)],
+                         kwargs, wanted, dtype)
+        try:
+            theirs = _results(op.torch_fn, args, kwargs, wanted, dtype)
+        except (RuntimeError, NotImplementedError):
+            assert dtype in HALF_DTYPES
+            wide = [a.float() if i in wanted else a for i, a in enumerate(args)]
+            theirs = [r.to(dtype) for r in _results(op.torch_fn, wide, kwargs, wanted, dtype)]
+        assert_results_match(ours, theirs, exact, dtype)
+
+
+@device_params
+@rows
+def test_gradcheck_and_gradgradcheck(device, op):
+    for args, kwargs in [s for s in samples(op, torch.float64, device) if s[0][0].numel()][:4]:
+        leaves = _with_grad(args, _floating(args))
+        fn = lambda *a: op.function(*a, **kwargs)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, leaves)
+        assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+def _reached(op, args, kwargs):
+    """The pyops calls a forward and second-order backward of `op` make."""
+    leaves = _with_grad(args, _floating(args))
+    with PyopsCalls() as mode:
+        out = op.function(*leaves, **kwargs)
+        grads = torch.autograd.grad(out.sum(), [a for a in leaves if isinstance(a, torch.Tensor)
+                                                and a.requires_grad], create_graph=True)
+        torch.autograd.grad(sum(g.sum() for g in grads), leaves[0], allow_unused=True)
+    return mode
+
+
+@device_params
+@rows
+def test_opcheck_every_operator_reached(device, op):
+    """opcheck of each pyops operator the op's forward, backward and double backward call, with
+    the arguments they were called with: no tensor, each floating tensor alone, and all of them
+    requiring grad."""
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    seen = set()
+    for func, call_args, call_kwargs in _reached(op, args, kwargs).calls:
+        if func in seen:
+            continue
+        seen.add(func)
+        floating = _floating(call_args)
+        for wanted in [[], *([i] for i in floating), floating]:
+            opcheck(func, tuple(_with_grad(call_args, wanted)), call_kwargs)
+
+
+@device_params
+@rows
+def test_compile_fullgraph_matches_eager(device, op):
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    wanted = _floating(args)
+
+    def fn(*a):
+        return op.function(*a, **kwargs)
+
+    torch._dynamo.reset()  # fn's code is the same for every row: a fresh cache, no recompile limit
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for ours, theirs in zip(_results(compiled, args, {}, wanted), _results(fn, args, {}, wanted)):
+        torch.testing.assert_close(ours, theirs)
+
+
+@device_params
+@rows
+def test_patch_routes_torch_to_pyops(device, op):
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    for namespace, name, *_ in op.patches:
+        original = getattr(namespace, name)
+        with pyops.patch(), PyopsCalls() as mode:
+            patched = getattr(namespace, name)(*args, **kwargs)
+        assert mode.names, f"{namespace.__name__}.{name} did not reach pyops under patch()"
+        assert getattr(namespace, name) is original
+        torch.testing.assert_close(patched, original(*args, **kwargs))
+
+
+@device_params
+@rows
+def test_module_twin_and_convert(device, op):
+    if op.module is None:
+        assert not hasattr(torch.nn, op.name)
+        return
+    for args, kwargs in samples(op, torch.float32, device)[-len(op.variants):]:
+        theirs = getattr(torch.nn, op.module)(**kwargs).to(device)
+        ours = pyops.convert(theirs)
+        assert type(ours) is getattr(pyops.nn, op.module) and isinstance(ours, type(theirs))
+        assert repr(ours) == repr(theirs)
+        with PyopsCalls() as mode:
+            value = ours(*args)
+        assert mode.names
+        torch.testing.assert_close(value, theirs(*args))
+
+
+@device_params
+@rows
+def test_integer_input_follows_torch(device, op):
+    """An integer input gives torch's value, or raises torch's kind of error."""
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    args = [args[0].round().long(), *args[1:]]
+    try:
+        expected = op.torch_fn(*args, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as err:
+        with pytest.raises(type(err)):
+            op.function(*args, **kwargs)
+        return
+    torch.testing.assert_close(op.function(*args, **kwargs), expected)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device and a CUDA build of pyops")
+@rows
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cuda_matches_cpu(op, dtype):
+    for args, kwargs in samples(op, dtype, "cpu"):
+        wanted = _floating(args)
+        on_cpu = _results(op.function, args, kwargs, wanted)
+        on_cuda = _results(op.function, [a.cuda() for a in args], kwargs, wanted)
+        assert_results_match([r.cpu() for r in on_cuda], on_cpu, on_cpu, dtype, no_worse=False)
