@@ -1,9 +1,8 @@
-// Autograd of the activations, the softmax family, cross_entropy and nll_loss, as C++
-// autograd::Functions on the Autograd key: small, launch-bound calls then cost the dispatcher's
-// overhead only, not the Python autograd layer's (3-7 us per op, more than a small op's kernels).
-// Every backward is written in differentiable ops (the pyops backward ops have autograd of their
-// own here), so double backward works. The elementwise losses and the fake kernels stay in
-// pyops/_autograd.py: their higher derivatives differentiate torch-op expressions in Python.
+// Autograd of every pyops operator, as C++ autograd::Functions on the Autograd key: small,
+// launch-bound calls then cost the dispatcher's overhead only, not the Python autograd layer's
+// (3-7 us per op, more than a small op's kernels). Every backward is written in differentiable
+// ops (the pyops backward ops have autograd of their own here), so double backward works. The
+// fake kernels, and cross_entropy(grad_in_forward=True)'s Function, are in pyops/_autograd.py.
 #include "activations.h"
 #include "loss_inputs.h"
 
@@ -421,6 +420,249 @@ struct NllLossBackward : Function<NllLossBackward> {
   }
 };
 
+
+// ---- the lesson's other losses ----------------------------------------------------------------
+// The kernels compute the loss and its input gradient. Every other derivative (target, weight,
+// pos_weight, and all second-order ones) differentiates an ATen expression of the same loss,
+// which autograd differentiates to any order.
+
+using Boxed = std::vector<c10::IValue>;  // an operator's arguments, as a boxed call takes them
+
+// A saved argument list: the first kTensors arguments are tensors (or absent optional ones),
+// saved for backward; the rest (scalars, multi_margin's weight) go to saved_data.
+void save_arguments(AutogradContext* ctx, const Boxed& args, size_t tensors) {
+  variable_list saved;
+  for (size_t i = 0; i < tensors; ++i) saved.push_back(args[i].isTensor() ? args[i].toTensor() : Tensor());
+  ctx->save_for_backward(saved);
+  ctx->saved_data["count"] = static_cast<int64_t>(args.size());
+  for (size_t i = tensors; i < args.size(); ++i) ctx->saved_data["a" + std::to_string(i)] = args[i];
+}
+
+Boxed saved_rest(AutogradContext* ctx, size_t tensors) {
+  Boxed rest;
+  for (size_t i = tensors; i < static_cast<size_t>(ctx->saved_data["count"].toInt()); ++i) {
+    rest.push_back(ctx->saved_data["a" + std::to_string(i)]);
+  }
+  return rest;
+}
+
+// Whether leading argument i (of the saved tensors t) needs a gradient: autograd numbers only the
+// tensor arguments that are present.
+bool needs_grad(AutogradContext* ctx, const variable_list& t, size_t i) {
+  if (!t[i].defined()) return false;
+  size_t edge = 0;
+  for (size_t j = 0; j < i; ++j) edge += t[j].defined();
+  return ctx->needs_input_grad(edge);
+}
+
+c10::IValue boxed(const Tensor& t) { return t.defined() ? c10::IValue(t) : c10::IValue(); }
+
+// d <grad_out, fn(tensors)> / d tensors[i] for i in wanted (undefined elsewhere); zeros where
+// fn is piecewise constant in them.
+template <typename Fn>
+variable_list grads_through(const Fn& fn, const variable_list& tensors,
+                            const std::vector<size_t>& wanted, const Tensor& grad_out) {
+  variable_list result(tensors.size());
+  if (wanted.empty()) return result;
+  const bool create_graph = at::GradMode::is_enabled();
+  Tensor out;
+  {
+    at::AutoGradMode enable(true);
+    out = fn(tensors);
+  }
+  variable_list inputs;
+  for (const auto i : wanted) inputs.push_back(tensors[i]);
+  if (!out.requires_grad()) {
+    for (const auto i : wanted) result[i] = at::zeros_like(tensors[i]);
+    return result;
+  }
+  const auto grads = torch::autograd::grad({out}, inputs, {grad_out}, /*retain_graph=*/true,
+                                           create_graph, /*allow_unused=*/true);
+  for (size_t k = 0; k < wanted.size(); ++k) result[wanted[k]] = grads[k];
+  return result;
+}
+
+Tensor times_weight(const Tensor& values, const Tensor& w) { return w.defined() ? values * w : values; }
+
+// v over the element count of t, a number (a tensor of t's dtype would round or overflow it).
+Tensor per_element(const Tensor& v, const Tensor& t) { return v / static_cast<double>(t.numel()); }
+
+// Each loss: its operators, how many leading tensor arguments, its terms before reduction
+// (per element, or per row), the division 'mean' makes, and torch's own first-order formula for
+// argument i where it is not the derivative of the terms (at clamps).
+struct MseSpec {
+  static constexpr char kName[] = "pyops::mse_loss";
+  static constexpr char kBackward[] = "pyops::mse_loss_backward";
+  static constexpr size_t kTensors = 3;  // input, target, weight
+  static Tensor terms(const variable_list& t, const Boxed&) { return times_weight((t[0] - t[1]).pow(2), t[2]); }
+  static Tensor mean_of(const Tensor& v, const variable_list& t) {
+    return t[2].defined() ? v / t[2].sum() : per_element(v, t[0]);
+  }
+  // The target gradient as torch's -(grad_input): the scale first, so 2 * (x - y) cannot
+  // overflow where the gradient itself is finite.
+  static Tensor override_grad(size_t i, const Tensor& s, const variable_list& t) {
+    return i == 1 ? -times_weight(s * 2 * (t[0] - t[1]), t[2]) : Tensor();
+  }
+};
+
+Tensor stable_log_sigmoid(const Tensor& x) { return at::minimum(x, at::zeros_like(x)) - at::log1p(at::exp(-x.abs())); }
+
+struct BceLogitsSpec {
+  static constexpr char kName[] = "pyops::binary_cross_entropy_with_logits";
+  static constexpr char kBackward[] = "pyops::binary_cross_entropy_with_logits_backward";
+  static constexpr size_t kTensors = 4;  // input, target, weight, pos_weight
+  static Tensor terms(const variable_list& t, const Boxed&) {
+    const auto& [x, y, w, pw] = std::tie(t[0], t[1], t[2], t[3]);
+    const auto loss = pw.defined() ? (1 - y) * x - ((pw - 1) * y + 1) * stable_log_sigmoid(x)
+                                   : (1 - y) * x - stable_log_sigmoid(x);
+    return times_weight(loss, w);
+  }
+  static Tensor mean_of(const Tensor& v, const variable_list& t) { return per_element(v, t[0]); }
+  static Tensor override_grad(size_t, const Tensor&, const variable_list&) { return Tensor(); }
+};
+
+struct BceSpec {
+  static constexpr char kName[] = "pyops::binary_cross_entropy";
+  static constexpr char kBackward[] = "pyops::binary_cross_entropy_backward";
+  static constexpr size_t kTensors = 3;  // input, target, weight
+  static Tensor terms(const variable_list& t, const Boxed&) {
+    const auto log_x = at::clamp_min(at::log(t[0]), -100);
+    const auto log_1mx = at::clamp_min(at::log1p(-t[0]), -100);
+    return times_weight((t[1] - 1) * log_1mx - t[1] * log_x, t[2]);
+  }
+  static Tensor mean_of(const Tensor& v, const variable_list& t) { return per_element(v, t[0]); }
+  // torch's target gradient is -logit(input), without the loss' clamp of the logs at -100.
+  static Tensor override_grad(size_t i, const Tensor& s, const variable_list& t) {
+    return i == 1 ? times_weight(-at::logit(t[0]) * s, t[2]) : Tensor();
+  }
+};
+
+struct HingeSpec {
+  static constexpr char kName[] = "pyops::hinge_loss";
+  static constexpr char kBackward[] = "pyops::hinge_loss_backward";
+  static constexpr size_t kTensors = 2;  // input, target; then margin, reduction
+  static Tensor terms(const variable_list& t, const Boxed& rest) {
+    return at::clamp_min(rest[0].toDouble() - t[1] * t[0], 0);
+  }
+  static Tensor mean_of(const Tensor& v, const variable_list& t) { return per_element(v, t[0]); }
+  static Tensor override_grad(size_t, const Tensor&, const variable_list&) { return Tensor(); }
+};
+
+struct MultiMarginSpec {
+  static constexpr char kName[] = "pyops::multi_margin_loss";
+  static constexpr char kBackward[] = "pyops::multi_margin_loss_backward";
+  static constexpr size_t kTensors = 2;  // input, target; then p, margin, weight, reduction
+  static Tensor terms(const variable_list& t, const Boxed& rest) {
+    const auto& input = t[0];
+    const auto x = input.reshape({-1, input.dim() ? input.size(-1) : 1});
+    const auto target = t[1].reshape({-1, 1});
+    const auto z = rest[1].toDouble() - x.gather(1, target) + x;
+    const auto h = at::where(z > 0, z, at::zeros_like(z)).pow(rest[0].toInt()).scatter(1, target, 0.0);
+    auto rows = h.sum(1) / static_cast<double>(x.size(1));
+    if (rest[2].isTensor()) rows = rows * rest[2].toTensor().index({target.reshape(-1)});
+    return rows.reshape(t[1].sizes());  // 'none' has the target's shape, as torch
+  }
+  static Tensor mean_of(const Tensor& v, const variable_list& t) {
+    return v / static_cast<double>(t[0].dim() == 2 ? t[0].size(0) : 1);
+  }
+  static Tensor override_grad(size_t, const Tensor&, const variable_list&) { return Tensor(); }
+};
+
+// The loss reduced as its operator reduces it; the mean as a sum of scaled terms, so that of
+// no terms its derivatives are 0, not 0/0.
+template <typename Spec>
+Tensor reduced(const variable_list& t, const Boxed& rest) {
+  const auto values = Spec::terms(t, rest);
+  const auto reduction = rest.back().toInt();
+  if (reduction == kNone) return values;
+  return reduction == kMean ? Spec::mean_of(values, t).sum() : values.sum();
+}
+
+template <typename Spec, typename Signature>
+struct Loss;
+
+template <typename Spec, typename... A>
+struct Loss<Spec, Tensor(A...)> : Function<Loss<Spec, Tensor(A...)>> {
+  static constexpr const char* kName = Spec::kName;
+  using Signature = Tensor(A...);
+
+  static Tensor forward(AutogradContext* ctx, A... args) {
+    save_arguments(ctx, Boxed{c10::IValue(args)...}, Spec::kTensors);
+    return below_autograd<kName, Signature>(args...);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto t = ctx->get_saved_variables();
+    const auto rest = saved_rest(ctx, Spec::kTensors);
+    const auto& grad = grads[0];
+    std::vector<size_t> through;
+    variable_list result(sizeof...(A));
+    for (size_t i = 1; i < Spec::kTensors; ++i) {
+      if (!needs_grad(ctx, t, i)) continue;
+      const auto reduction = rest.back().toInt();
+      const auto s = reduction == kMean ? Spec::mean_of(grad, t) : grad;
+      result[i] = Spec::override_grad(i, s, t);
+      if (!result[i].defined()) through.push_back(i);
+    }
+    const auto derived = grads_through([&](const variable_list& v) { return reduced<Spec>(v, rest); },
+                                       t, through, grad);
+    for (const auto i : through) result[i] = derived[i];
+    if (needs_grad(ctx, t, 0)) {
+      Boxed stack{grad};
+      for (const auto& tensor : t) stack.push_back(boxed(tensor));
+      stack.insert(stack.end(), rest.begin(), rest.end());
+      c10::Dispatcher::singleton().findSchemaOrThrow(Spec::kBackward, "").callBoxed(stack);
+      result[0] = stack[0].toTensor();
+    }
+    return result;
+  }
+};
+
+// The backward op: (grad, tensors..., rest...) -> the input gradient; its derivatives
+// differentiate the input gradient of the loss expression.
+template <typename Spec, typename Signature>
+struct LossBackward;
+
+template <typename Spec, typename... A>
+struct LossBackward<Spec, Tensor(A...)> : Function<LossBackward<Spec, Tensor(A...)>> {
+  static constexpr const char* kName = Spec::kBackward;
+  using Signature = Tensor(A...);
+
+  static Tensor forward(AutogradContext* ctx, A... args) {
+    save_arguments(ctx, Boxed{c10::IValue(args)...}, Spec::kTensors + 1);
+    return below_autograd<kName, Signature>(args...);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();  // grad, then the loss' tensors
+    const auto rest = saved_rest(ctx, Spec::kTensors + 1);
+    const auto input_gradient = [&](const variable_list& v) {
+      variable_list t(v.begin() + 1, v.end());
+      if (!t[0].requires_grad()) t[0] = t[0].detach().requires_grad_();
+      return torch::autograd::grad({reduced<Spec>(t, rest)}, {t[0]}, {v[0]},
+                                   /*retain_graph=*/true, /*create_graph=*/true)[0];
+    };
+    std::vector<size_t> wanted;
+    for (size_t i = 0; i < saved.size(); ++i) {
+      if (needs_grad(ctx, saved, i)) wanted.push_back(i);
+    }
+    auto result = grads_through(input_gradient, saved, wanted, grads[0]);
+    result.resize(sizeof...(A));
+    return result;
+  }
+};
+
+using MseSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t);
+using MseBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, int64_t);
+using BceLogitsSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, const OptionalTensor&, int64_t);
+using BceLogitsBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
+                                    const OptionalTensor&, int64_t);
+using HingeSig = Tensor(const Tensor&, const Tensor&, double, int64_t);
+using HingeBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, double, int64_t);
+using MarginSig = Tensor(const Tensor&, const Tensor&, int64_t, double, const OptionalTensor&, int64_t);
+using MarginBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double,
+                                 const OptionalTensor&, int64_t);
+
 }  // namespace
 }  // namespace pyops
 
@@ -443,4 +685,16 @@ TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   m.impl("cross_entropy_backward", &AutogradKernel<CrossEntropyBackward>::call);
   m.impl("nll_loss", &AutogradKernel<NllLoss>::call);
   m.impl("nll_loss_backward", &AutogradKernel<NllLossBackward>::call);
+  m.impl("mse_loss", &AutogradKernel<Loss<MseSpec, MseSig>>::call);
+  m.impl("mse_loss_backward", &AutogradKernel<LossBackward<MseSpec, MseBackwardSig>>::call);
+  m.impl("binary_cross_entropy_with_logits", &AutogradKernel<Loss<BceLogitsSpec, BceLogitsSig>>::call);
+  m.impl("binary_cross_entropy_with_logits_backward",
+         &AutogradKernel<LossBackward<BceLogitsSpec, BceLogitsBackwardSig>>::call);
+  m.impl("binary_cross_entropy", &AutogradKernel<Loss<BceSpec, MseSig>>::call);
+  m.impl("binary_cross_entropy_backward", &AutogradKernel<LossBackward<BceSpec, MseBackwardSig>>::call);
+  m.impl("hinge_loss", &AutogradKernel<Loss<HingeSpec, HingeSig>>::call);
+  m.impl("hinge_loss_backward", &AutogradKernel<LossBackward<HingeSpec, HingeBackwardSig>>::call);
+  m.impl("multi_margin_loss", &AutogradKernel<Loss<MultiMarginSpec, MarginSig>>::call);
+  m.impl("multi_margin_loss_backward",
+         &AutogradKernel<LossBackward<MultiMarginSpec, MarginBackwardSig>>::call);
 }

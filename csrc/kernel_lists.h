@@ -19,29 +19,35 @@
          &::pyops::activation_backward<Backend, name, ::pyops::names::name##_backward>);
 #define PYOPS_ACTIVATION_KERNELS(m) PYOPS_ACTIVATIONS(PYOPS_IMPL_ACTIVATION)
 
-// softmax_forward<log> and softmax_backward_impl<log> serve softmax and log_softmax.
-#define PYOPS_SOFTMAX_KERNELS(m)                               \
-  m.impl("softmax", &softmax_forward<false>);                  \
-  m.impl("log_softmax", &softmax_forward<true>);               \
-  m.impl("softmax_backward", &softmax_backward_impl<false>);   \
-  m.impl("log_softmax_backward", &softmax_backward_impl<true>)
+// The host code of csrc/softmax.h over the backend's SoftmaxKernels.
+#define PYOPS_SOFTMAX_KERNELS(m)                                                                 \
+  m.impl("softmax", &::pyops::softmax_forward<Backend, SoftmaxKernels, false>);                  \
+  m.impl("log_softmax", &::pyops::softmax_forward<Backend, SoftmaxKernels, true>);               \
+  m.impl("softmax_backward", &::pyops::softmax_backward<Backend, SoftmaxKernels, false>);        \
+  m.impl("log_softmax_backward", &::pyops::softmax_backward<Backend, SoftmaxKernels, true>)
 
 #define PYOPS_CROSS_ENTROPY_KERNELS(m)            \
   PYOPS_IMPL(m, cross_entropy);                   \
-  PYOPS_IMPL(m, cross_entropy_backward);          \
+  m.impl("cross_entropy_backward",                                                         \
+         &::pyops::cross_entropy_backward<Backend, CrossEntropyKernels>);                  \
   PYOPS_IMPL(m, cross_entropy_grad_in_forward);   \
   PYOPS_IMPL(m, scale_unless_one_);               \
   PYOPS_IMPL(m, nll_loss);                        \
   PYOPS_IMPL(m, nll_loss_backward)
 
-#define PYOPS_LOSS_KERNELS(m)                                \
-  PYOPS_IMPL(m, mse_loss);                                   \
-  PYOPS_IMPL(m, mse_loss_backward);                          \
-  PYOPS_IMPL(m, binary_cross_entropy_with_logits);           \
-  PYOPS_IMPL(m, binary_cross_entropy_with_logits_backward);  \
-  PYOPS_IMPL(m, binary_cross_entropy);                       \
-  PYOPS_IMPL(m, binary_cross_entropy_backward);              \
-  PYOPS_IMPL(m, hinge_loss);                                 \
-  PYOPS_IMPL(m, hinge_loss_backward);                        \
-  PYOPS_IMPL(m, multi_margin_loss);                          \
-  PYOPS_IMPL(m, multi_margin_loss_backward)
+// The host code of csrc/elementwise_losses.h and csrc/loss_inputs.h over the backend's kernels.
+#define PYOPS_LOSS_KERNELS(m)                                                                   \
+  m.impl("mse_loss", &::pyops::mse_loss<ElementwiseKernels>);                                   \
+  m.impl("mse_loss_backward", &::pyops::mse_loss_backward<ElementwiseKernels>);                 \
+  m.impl("binary_cross_entropy_with_logits",                                                    \
+         &::pyops::binary_cross_entropy_with_logits<ElementwiseKernels>);                       \
+  m.impl("binary_cross_entropy_with_logits_backward",                                           \
+         &::pyops::binary_cross_entropy_with_logits_backward<ElementwiseKernels>);              \
+  m.impl("binary_cross_entropy", &::pyops::binary_cross_entropy<ElementwiseKernels>);           \
+  m.impl("binary_cross_entropy_backward",                                                       \
+         &::pyops::binary_cross_entropy_backward<ElementwiseKernels>);                          \
+  m.impl("hinge_loss", &::pyops::hinge_loss<ElementwiseKernels>);                               \
+  m.impl("hinge_loss_backward", &::pyops::hinge_loss_backward<ElementwiseKernels>);             \
+  m.impl("multi_margin_loss", &::pyops::multi_margin_loss<Backend, MarginKernels>);             \
+  m.impl("multi_margin_loss_backward",                                                          \
+         &::pyops::multi_margin_loss_backward<Backend, MarginKernels>)

@@ -65,6 +65,33 @@ inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
 
 // ---- class-index and probability targets (cross_entropy, nll_loss) ---------------------
 
+#ifdef __CUDACC__
+#define PYOPS_HOST_DEVICE __host__ __device__
+#else
+#define PYOPS_HOST_DEVICE
+#endif
+
+// A target's class index, checked where a kernel reads it, as torch does: an IndexError on the
+// CPU, a device-side assert on CUDA (no host synchronisation).
+PYOPS_HOST_DEVICE inline int64_t checked_target(int64_t t, int64_t classes) {
+#ifdef __CUDA_ARCH__
+  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "Target is out of bounds");
+#else
+  TORCH_CHECK_INDEX(t >= 0 && t < classes, "Target ", num_str(t), " is out of bounds.");
+#endif
+  return t;
+}
+
+// multi_margin_loss's, with torch's message for it.
+PYOPS_HOST_DEVICE inline int64_t checked_margin_target(int64_t t, int64_t classes) {
+#ifdef __CUDA_ARCH__
+  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "target out of range");
+#else
+  TORCH_CHECK(t >= 0 && t < classes, "target out of range");
+#endif
+  return t;
+}
+
 // Inputs checked and laid out for the kernels.
 struct Prepared {
   const char* op;     // the operator's name, for errors
@@ -173,6 +200,32 @@ inline void check_grad_in_forward(const at::Tensor& input, int64_t reduction,
               "device");
 }
 
+// cross_entropy's backward, host side once for both backends. Kernels (a backend's):
+// scale(grad, reduction, prep, ignore_index), the upstream gradient per position or one 0-dim
+// tensor, over the 'mean' denominator; backward<scalar_t>(prep, ignore_index, smoothing, lse,
+// scale, result), the input gradient into result (laid out as prep.input).
+template <typename Backend, typename Kernels>
+at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
+                                  const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                  int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                  const at::Tensor& lse) {
+  constexpr const char* op = "pyops::cross_entropy_backward";
+  check_reduction(reduction);
+  const typename Backend::Guard guard(input.device());
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  const int64_t positions = prep.shape.outer * prep.shape.inner;
+  TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc_dtype(input.scalar_type()), op,
+              ": lse must be the forward's log-sum-exp, one per position");
+  at::Tensor result = Backend::output_like(prep.input);
+  if (result.numel() == 0) return in_input_layout(input, result);
+  const auto scale = Kernels::scale(grad, reduction, prep, ignore_index);
+  const auto lse_c = lse.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
+    Kernels::template backward<scalar_t>(prep, ignore_index, label_smoothing, lse_c, scale, result);
+  });
+  return in_input_layout(input, result);
+}
+
 // ---- elementwise losses -----------------------------------------------------------------------
 
 // Inputs of an elementwise loss, each dense and laid out exactly like x.
@@ -206,6 +259,35 @@ inline Elementwise prepare_elementwise(
   e.w = like_input(op, "weight", weight, input, e.x);
   e.pos_w = like_input(op, "pos_weight", pos_weight, input, e.x);
   return e;
+}
+
+// The 'mean' denominators of the elementwise losses, 0-dim double tensors: the element count,
+// or for a weighted mse_loss the sum of the weights, as torch.
+inline at::Tensor count_of(const Elementwise& e) {
+  return at::scalar_tensor(static_cast<double>(e.x.numel()), at::kDouble);
+}
+
+inline at::Tensor mse_denominator(const Elementwise& e) {
+  return e.w.defined() ? fixed_order_sum(e.w) : count_of(e);
+}
+
+// An elementwise loss's reduced output from the sum of its terms (a 0-dim double tensor).
+inline at::Tensor reduced_total(const at::Tensor& total, const Elementwise& e, int64_t reduction,
+                                const at::Tensor& denominator) {
+  return (reduction == kMean ? total / denominator : total).to(e.x.scalar_type());
+}
+
+// The upstream gradient of an elementwise loss's backward: grad in x's dtype and layout for
+// 'none', else one 0-dim scale in the accumulation dtype, over `denominator` for 'mean'.
+inline at::Tensor elementwise_upstream(const at::Tensor& grad, const Elementwise& e,
+                                       int64_t reduction, const at::Tensor& denominator) {
+  check_reduction(reduction);
+  if (reduction != kNone) {
+    return upstream_scale(grad, reduction, denominator, e.x.numel(), acc_dtype(e.x.scalar_type()));
+  }
+  TORCH_CHECK(grad.sizes() == e.x.sizes(), e.op, ": grad must have the input's shape ",
+              shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
+  return in_layout_of(grad.to(e.x.scalar_type()), e.x);
 }
 
 // ---- multi_margin_loss --------------------------------------------------------------------
@@ -258,6 +340,42 @@ inline at::Tensor margin_loss_output(const at::Tensor& losses, int64_t reduction
                                      const MarginRows& m, const at::Tensor& input) {
   const auto rows = at::scalar_tensor(static_cast<double>(m.rows), at::kDouble);
   return reduce_losses(losses, reduction, rows, m.loss_shape, input.scalar_type());
+}
+
+// multi_margin_loss and its backward, host side once for both backends. Kernels (a backend's)
+// computes per dtype: margin_losses(m, p, margin, losses) the per-row losses (accumulation
+// dtype) and margin_gradient(m, p, margin, scale, result) the input gradient, with `scale` the
+// upstream gradient per row ('none') or one 0-dim tensor, already over the 'mean' denominator.
+template <typename Backend, typename Kernels>
+at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
+                             double margin, const std::optional<at::Tensor>& weight,
+                             int64_t reduction) {
+  check_reduction(reduction);
+  const typename Backend::Guard guard(input.device());
+  const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
+  auto losses = at::empty({m.rows}, input.options().dtype(acc_dtype(input.scalar_type())));
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+    Kernels::template margin_losses<scalar_t>(m, p, margin, losses);
+  });
+  return margin_loss_output(losses, reduction, m, input);
+}
+
+template <typename Backend, typename Kernels>
+at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
+                                      const at::Tensor& target, int64_t p, double margin,
+                                      const std::optional<at::Tensor>& weight,
+                                      int64_t reduction) {
+  check_reduction(reduction);
+  const typename Backend::Guard guard(input.device());
+  const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
+  const auto scale = upstream_scale(grad, reduction,
+                                    at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
+                                    m.rows, acc_dtype(input.scalar_type()));
+  at::Tensor result = Backend::new_output({m.rows, m.classes}, input.options());
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+    Kernels::template margin_gradient<scalar_t>(m, p, margin, scale, result);
+  });
+  return result.view(input.sizes());
 }
 
 }  // namespace pyops

@@ -22,10 +22,10 @@ inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
   return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
 }
 
-// Numbers and shapes in error messages are formatted here, with snprintf, never streamed: built
-// on the GPU machine (by /opt/gcc's g++), streaming an int64 or a shape into c10::str's
-// ostringstream crashed the process, while strings went through; most likely its libstdc++
-// headers and the library torch runs with disagree about number formatting.
+// Numbers and shapes in error messages are formatted here (std::to_string, snprintf), never
+// streamed: built on the GPU machine (by /opt/gcc's g++), streaming an int64 or a shape into
+// c10::str's ostringstream crashed the process, while strings went through; most likely its
+// libstdc++ headers and the library torch runs with disagree about number formatting.
 inline std::string num_str(int64_t value) { return std::to_string(value); }
 
 inline std::string num_str(double value) {

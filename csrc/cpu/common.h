@@ -146,13 +146,16 @@ void parallel_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*..
   });
 }
 
-// The CPU side of the host code shared with CUDA (csrc/activations.h): no device guard,
-// outputs with huge pages, maps split across threads.
+// The CPU side of the host code shared with CUDA (csrc/activations.h, csrc/softmax.h, ...): no
+// device guard, outputs with huge pages, maps split across threads.
 struct Backend {
   struct Guard {
     explicit Guard(at::Device) {}
   };
   static at::Tensor output_like(const at::Tensor& like) { return cpu::output_like(like); }
+  static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return cpu::new_output(sizes, options);
+  }
   template <typename Fn, typename scalar_t, typename... Inputs>
   static void map(const Fn& fn, scalar_t* out, int64_t n, const Inputs*... in) {
     parallel_map(fn, out, n, in...);

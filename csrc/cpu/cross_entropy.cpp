@@ -34,11 +34,6 @@ LossArgs<T> loss_args(const Prepared& p, int64_t ignore_index, double smoothing)
           w ? row_sum(w, classes) : static_cast<T>(classes)};
 }
 
-int64_t checked_target(int64_t t, int64_t classes) {
-  TORCH_CHECK_INDEX(t >= 0 && t < classes, "Target ", num_str(t), " is out of bounds.");
-  return t;
-}
-
 // Sum of the weights of the non-ignored targets: the 'mean' denominator of class-index losses.
 template <typename T>
 at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
@@ -314,27 +309,28 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
   }
 }
 
-at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
-                                  const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                                  int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                  const at::Tensor& lse) {
-  constexpr const char* op = "pyops::cross_entropy_backward";
-  check_reduction(reduction);
-  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  const auto& s = prep.shape;
-  const int64_t positions = s.outer * s.inner;
-  TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc_dtype(input.scalar_type()), op,
-              ": lse must be the forward's log-sum-exp, one per position");
-  const auto lse_c = lse.contiguous();
-  auto result = output_like(prep.input);
-  if (result.numel() == 0) return in_input_layout(input, result);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
+// The kernels of cross_entropy_backward's host code (loss_inputs.h).
+struct CrossEntropyKernels {
+  static at::Tensor scale(const at::Tensor& grad, int64_t reduction, const Prepared& prep,
+                          int64_t ignore_index) {
+    const auto acc = acc_dtype(prep.input.scalar_type());
+    at::Tensor denominator = prep.soft ? soft_denominator(prep) : at::Tensor();
+    if (!prep.soft) {
+      AT_DISPATCH_FLOATING_TYPES(acc, "pyops::cross_entropy_backward", [&] {
+        denominator = target_weight_sum(prep.target, loss_args<scalar_t>(prep, ignore_index, 0.0));
+      });
+    }
+    return upstream_scale(grad, reduction, denominator, prep.shape.outer * prep.shape.inner, acc);
+  }
+
+  template <typename scalar_t>
+  static void backward(const Prepared& prep, int64_t ignore_index, double label_smoothing,
+                       const at::Tensor& lse, const at::Tensor& grad_scale, at::Tensor& result) {
     using T = acc_t<scalar_t>;
+    const auto& s = prep.shape;
     const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
-    const auto denominator =
-        prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
-    const GradScale<T> scale(grad, reduction, denominator, positions);
-    const T* lp = lse_c.const_data_ptr<T>();
+    const GradScale<T> scale(grad_scale);
+    const T* lp = lse.const_data_ptr<T>();
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
     const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
@@ -354,9 +350,8 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
       }
       stage.store(2, rp, piece);
     });
-  });
-  return in_input_layout(input, result);
-}
+  }
+};
 
 // The composition of the two kernels on CPU: the logits are read twice.
 at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
@@ -365,8 +360,9 @@ at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tens
                                          double label_smoothing, at::Tensor& grad_input) {
   check_grad_in_forward(input, reduction, grad_input);
   auto [loss, lse] = cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
-  grad_input.copy_(cross_entropy_backward(at::ones({}, loss.options()), input, target, weight,
-                                          reduction, ignore_index, label_smoothing, lse));
+  grad_input.copy_(::pyops::cross_entropy_backward<Backend, CrossEntropyKernels>(
+      at::ones({}, loss.options()), input, target, weight, reduction, ignore_index,
+      label_smoothing, lse));
   return loss;
 }
 

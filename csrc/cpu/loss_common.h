@@ -1,5 +1,6 @@
-// What every loss shares: the reduction argument, turning per-element losses into the output,
-// and the per-element scale of the upstream gradient.
+// The losses' CPU helpers: the upstream gradient read per element, and the driver of the
+// elementwise losses (operands in the input's layout, losses reduced on the fly). Their
+// argument checks and reductions, shared with CUDA, are in csrc/loss_inputs.h.
 #pragma once
 
 #include "common.h"
@@ -15,13 +16,16 @@ namespace pyops::cpu {
 template <typename T>
 class GradScale {
  public:
-  GradScale(const at::Tensor& grad, int64_t reduction, const at::Tensor& denominator,
-            int64_t numel)
-      : scale_(upstream_scale(grad, reduction, denominator, numel,
-                              c10::CppTypeToScalarType<T>::value)),
-        per_element_(reduction == kNone),
+  // From upstream_scale's result: per element, or one 0-dim tensor.
+  explicit GradScale(const at::Tensor& scale)
+      : scale_(scale),
+        per_element_(scale.dim() != 0),
         data_(scale_.const_data_ptr<T>()),
         scalar_(per_element_ ? T(0) : *data_) {}
+  GradScale(const at::Tensor& grad, int64_t reduction, const at::Tensor& denominator,
+            int64_t numel)
+      : GradScale(upstream_scale(grad, reduction, denominator, numel,
+                                 c10::CppTypeToScalarType<T>::value)) {}
   T operator[](int64_t p) const { return per_element_ ? data_[p] : scalar_; }
 
  private:

@@ -4,6 +4,7 @@
 // buffer unless reduction='none').
 #include "dim_layout.h"
 #include "loss_common.h"
+#include "../elementwise_losses.h"
 #include "../kernel_lists.h"
 
 namespace pyops::cpu {
@@ -24,193 +25,142 @@ Operands<scalar_t> operands(const Elementwise& e) {
   return ops;
 }
 
-// The loss over every element, reduced; `denominator` divides the sum for 'mean'.
-template <typename LossFn>
-at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction, double denominator,
-                               const LossFn& loss_fn) {
-  check_reduction(reduction);
-  const int64_t n = e.x.numel();
-  at::Tensor result;
-  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
-    const auto ops = operands<scalar_t>(e);
-    if (reduction == kNone) {
-      result = output_like(e.x);
-      elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), n, loss_fn);
-      return;
-    }
-    const double total = elementwise_sum(ops, n, loss_fn);
-    result = at::scalar_tensor(reduction == kMean ? total / denominator : total,
-                               e.x.options().dtype(at::kDouble))
-                 .to(e.x.scalar_type());
-  });
-  return result;
-}
-
-// The input gradient, grad_fn(values) per element, values[kGrad] holding the upstream gradient
-// of that element (already divided by `denominator` for 'mean').
-template <typename GradFn>
-at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
-                                double denominator, const GradFn& grad_fn) {
-  check_reduction(reduction);
-  auto result = output_like(e.x);
-  at::Tensor g;
-  if (reduction == kNone) {
-    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ",
-                shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
-    g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
-  } else {
-    check_upstream_grad(grad, reduction, e.x.numel());
-  }
-  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
-    auto ops = operands<scalar_t>(e);
-    if (g.defined()) {
-      ops.ptr[kGrad] = g.const_data_ptr<scalar_t>();
-    } else {
-      const double scale = grad.to(at::kDouble).item<double>();
-      ops.fill[kGrad] = static_cast<acc_t<scalar_t>>(reduction == kMean ? scale / denominator : scale);
-    }
-    elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), e.x.numel(), grad_fn);
-  });
-  return result;
-}
-
-// ---- mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch ------------------
-
-double mse_denominator(const Elementwise& e) {
-  return e.w.defined() ? fixed_order_sum(e.w).item<double>() : static_cast<double>(e.x.numel());
-}
-
-at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
-                    const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::mse_loss", input, target, weight);
-  return elementwise_forward(e, reduction, mse_denominator(e), [](const auto& v) {
-    const auto d = v[kX] - v[kY];
-    return d * d * v[kW];
-  });
-}
-
-at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                             int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::mse_loss_backward", input, target, weight);
-  return elementwise_backward(grad, e, reduction, mse_denominator(e), [](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    // The upstream scale first, as torch's (2 / N) * (x - y) * grad: no overflow of 2 * (x - y).
-    return v[kGrad] * V(2) * (v[kX] - v[kY]) * v[kW];
-  });
-}
-
-// ---- binary_cross_entropy_with_logits ------------------------------------------------------
-// w * ((1 - y) x - lw * log_sigmoid(x)), lw = 1 + (pos_weight - 1) y; its x-derivative is
-// w * (lw * sigmoid(x) - pos_weight * y). log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) is
-// finite for every finite x.
-
-template <typename V>
-V log_sigmoid(const V& x) {
-  return at::vec::minimum(x, V(0)) - x.abs().neg().exp().log1p();
-}
-
-at::Tensor binary_cross_entropy_with_logits(const at::Tensor& input, const at::Tensor& target,
-                                            const std::optional<at::Tensor>& weight,
-                                            const std::optional<at::Tensor>& pos_weight,
-                                            int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits", input, target, weight,
-                         pos_weight);
-  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
-    return ((V(1) - v[kY]) * v[kX] - lw * log_sigmoid(v[kX])) * v[kW];
-  });
-}
-
-at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
-                                                     const at::Tensor& input,
-                                                     const at::Tensor& target,
-                                                     const std::optional<at::Tensor>& weight,
-                                                     const std::optional<at::Tensor>& pos_weight,
-                                                     int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits_backward", input, target,
-                         weight, pos_weight);
-  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
-                              [](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
-    const V sigmoid = (V(1) + v[kX].neg().exp()).reciprocal();
-    return (lw * sigmoid - v[kPosW] * v[kY]) * v[kW] * v[kGrad];
-  });
-}
-
-// ---- binary_cross_entropy on probabilities ----------------------------------------------------
-// -w * (y * max(log x, -100) + (1 - y) * max(log(1 - x), -100)), as torch clamps the logs;
-// x-derivative w * (x - y) / max(x (1 - x), 1e-12).
-
-void check_probabilities(const Elementwise& e) {
-  PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
-    const double outside = elementwise_sum(operands<scalar_t>(e), e.x.numel(), [](const auto& v) {
-      using V = std::decay_t<decltype(v[kX])>;
-      return V::blendv(V(1), V(0), (v[kX] >= V(0)) & (v[kX] <= V(1)));
+// The kernels of the elementwise losses' host code (elementwise_losses.h): the drivers, and a
+// functor per loss called with the operands' vectors (v[kX], v[kY], ...).
+struct ElementwiseKernels {
+  // The loss over every element, reduced; `denominator` divides the sum for 'mean'.
+  template <typename LossFn>
+  static at::Tensor forward(const Elementwise& e, int64_t reduction, const at::Tensor& denominator,
+                            const LossFn& loss_fn) {
+    check_reduction(reduction);
+    const int64_t n = e.x.numel();
+    at::Tensor result;
+    PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
+      const auto ops = operands<scalar_t>(e);
+      if (reduction == kNone) {
+        result = output_like(e.x);
+        elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), n, loss_fn);
+        return;
+      }
+      const double total = elementwise_sum(ops, n, loss_fn);
+      result = reduced_total(at::scalar_tensor(total, at::kDouble), e, reduction, denominator);
     });
-    TORCH_CHECK(outside == 0, "all elements of input should be between 0 and 1");
-  });
-}
+    return result;
+  }
 
-at::Tensor binary_cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy", input, target, weight);
-  check_probabilities(e);
-  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    const V log_x = at::vec::maximum(v[kX].log(), V(-100));
-    const V log_1mx = at::vec::maximum(v[kX].neg().log1p(), V(-100));
-    return ((v[kY] - V(1)) * log_1mx - v[kY] * log_x) * v[kW];
-  });
-}
+  // The input gradient, grad_fn(values) per element, values[kGrad] holding the upstream gradient
+  // of that element (already divided by `denominator` for 'mean').
+  template <typename GradFn>
+  static at::Tensor backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
+                             const at::Tensor& denominator, const GradFn& grad_fn) {
+    const auto g = elementwise_upstream(grad, e, reduction, denominator);
+    auto result = output_like(e.x);
+    PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
+      auto ops = operands<scalar_t>(e);
+      if (reduction == kNone) {
+        ops.ptr[kGrad] = g.const_data_ptr<scalar_t>();
+      } else {
+        ops.fill[kGrad] = *g.const_data_ptr<acc_t<scalar_t>>();
+      }
+      elementwise_store(ops, result.mutable_data_ptr<scalar_t>(), e.x.numel(), grad_fn);
+    });
+    return result;
+  }
 
-at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
-                                         const at::Tensor& target,
-                                         const std::optional<at::Tensor>& weight,
-                                         int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_backward", input, target, weight);
-  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
-                              [](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    // torch clamps with the float constant 1e-12f, also for double inputs.
-    const V denom = at::vec::maximum((V(1) - v[kX]) * v[kX], V(1e-12f));
-    return v[kGrad] * v[kW] * (v[kX] - v[kY]) / denom;
-  });
-}
+  static void check_probabilities(const Elementwise& e) {
+    PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
+      const double outside = elementwise_sum(operands<scalar_t>(e), e.x.numel(), [](const auto& v) {
+        using V = std::decay_t<decltype(v[kX])>;
+        return V::blendv(V(1), V(0), (v[kX] >= V(0)) & (v[kX] <= V(1)));
+      });
+      TORCH_CHECK(outside == 0, "all elements of input should be between 0 and 1");
+    });
+  }
 
-// ---- hinge_loss: max(0, margin - y * x), the lesson's binary hinge -----------------------------
+  // mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch.
+  struct MseLoss {
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      const auto d = v[kX] - v[kY];
+      return d * d * v[kW];
+    }
+  };
+  struct MseGrad {  // the upstream scale first, as torch's (2 / N) * (x - y) * grad: no overflow
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      return v[kGrad] * V(2) * (v[kX] - v[kY]) * v[kW];
+    }
+  };
 
-at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double margin,
-                      int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::hinge_loss", input, target);
-  return elementwise_forward(e, reduction, static_cast<double>(e.x.numel()), [margin](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    return at::vec::maximum(V(margin) - v[kY] * v[kX], V(0));
-  });
-}
+  // binary_cross_entropy_with_logits: w * ((1 - y) x - lw * log_sigmoid(x)), lw = 1 +
+  // (pos_weight - 1) y; its x-derivative is w * (lw * sigmoid(x) - pos_weight * y).
+  // log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) is finite for every finite x.
+  struct BceLogitsLoss {
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
+      const V log_sigmoid = at::vec::minimum(v[kX], V(0)) - v[kX].abs().neg().exp().log1p();
+      return ((V(1) - v[kY]) * v[kX] - lw * log_sigmoid) * v[kW];
+    }
+  };
+  struct BceLogitsGrad {
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
+      const V sigmoid = (V(1) + v[kX].neg().exp()).reciprocal();
+      return (lw * sigmoid - v[kPosW] * v[kY]) * v[kW] * v[kGrad];
+    }
+  };
 
-// The subgradient of torch.clamp(margin - y * x, min=0): -y where margin - y * x >= 0.
-at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                               const at::Tensor& target, double margin, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::hinge_loss_backward", input, target);
-  return elementwise_backward(grad, e, reduction, static_cast<double>(e.x.numel()),
-                              [margin](const auto& v) {
-    using V = std::decay_t<decltype(v[kX])>;
-    const V active = (V(margin) - v[kY] * v[kX]) >= V(0);
-    return V::blendv(V(0), (v[kY] * v[kGrad]).neg(), active);
-  });
-}
+  // binary_cross_entropy on probabilities: -w * (y * max(log x, -100) + (1 - y) *
+  // max(log(1 - x), -100)), as torch clamps the logs; x-derivative
+  // w * (x - y) / max(x (1 - x), 1e-12).
+  struct BceLoss {
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      const V log_x = at::vec::maximum(v[kX].log(), V(-100));
+      const V log_1mx = at::vec::maximum(v[kX].neg().log1p(), V(-100));
+      return ((v[kY] - V(1)) * log_1mx - v[kY] * log_x) * v[kW];
+    }
+  };
+  struct BceGrad {
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      // torch clamps with the float constant 1e-12f, also for double inputs.
+      const V denom = at::vec::maximum((V(1) - v[kX]) * v[kX], V(1e-12f));
+      return v[kGrad] * v[kW] * (v[kX] - v[kY]) / denom;
+    }
+  };
+
+  // hinge_loss: max(0, margin - y * x), the lesson's binary hinge; its subgradient that of
+  // torch.clamp(margin - y * x, min=0): -y where margin - y * x >= 0.
+  struct HingeLoss {
+    double margin;
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      return at::vec::maximum(V(margin) - v[kY] * v[kX], V(0));
+    }
+  };
+  struct HingeGrad {
+    double margin;
+    template <typename Vs>
+    auto operator()(const Vs& v) const {
+      using V = std::decay_t<decltype(v[kX])>;
+      const V active = (V(margin) - v[kY] * v[kX]) >= V(0);
+      return V::blendv(V(0), (v[kY] * v[kGrad]).neg(), active);
+    }
+  };
+};
 
 // ---- multi_margin_loss ----------------------------------------------------------------------
 // Row loss: w_t / C * sum over j != t of h(margin - x_t + x_j)^p, h(z) = z for z > 0, else 0
 // (NaN included, as torch).
-
-int64_t checked_margin_target(int64_t t, int64_t classes) {
-  TORCH_CHECK(t >= 0 && t < classes, "target out of range");
-  return t;
-}
 
 // Calls fn(row, x (classes values in T), t, w_t) for every row, in parallel; half rows are
 // widened into a per-thread buffer.
@@ -249,14 +199,10 @@ V positive_part(const V& z) {
   return V::blendv(V(0), z, z > V(0));
 }
 
-at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
-                             double margin, const std::optional<at::Tensor>& weight,
-                             int64_t reduction) {
-  check_reduction(reduction);
-  const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
-  const auto acc = acc_dtype(input.scalar_type());
-  auto losses = at::empty({m.rows}, input.options().dtype(acc));
-  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+// The kernels of multi_margin_loss's host code (loss_inputs.h).
+struct MarginKernels {
+  template <typename scalar_t>
+  static void margin_losses(const MarginRows& m, int64_t p, double margin, at::Tensor& losses) {
     using T = acc_t<scalar_t>;
     using V = Vectorized<T>;
     T* lp = losses.mutable_data_ptr<T>();
@@ -269,28 +215,20 @@ at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, 
       };
       lp[r] = row_sum_excluding(term, x, m.classes, t) / m.classes;
     });
-  });
-  return margin_loss_output(losses, reduction, m, input);
-}
+  }
 
-at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                                      const at::Tensor& target, int64_t p, double margin,
-                                      const std::optional<at::Tensor>& weight,
-                                      int64_t reduction) {
-  check_reduction(reduction);
-  const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
-  auto result = new_output({m.rows, m.classes}, input.options());
-  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+  template <typename scalar_t>
+  static void margin_gradient(const MarginRows& m, int64_t p, double margin,
+                              const at::Tensor& scale, at::Tensor& result) {
     using T = acc_t<scalar_t>;
     using V = Vectorized<T>;
-    const GradScale<T> scale(grad, reduction,
-                             at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows);
+    const GradScale<T> s(scale);
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     for_each_margin_row<scalar_t>(m, [&](int64_t r, const T* x, int64_t t, T w_t) {
       thread_local std::vector<T> row;
       row.resize(m.classes);
       const V shift(static_cast<T>(margin) - x[t]);
-      const V coef(scale[r] * w_t / m.classes * (p == 1 ? T(1) : T(2)));
+      const V coef(s[r] * w_t / m.classes * (p == 1 ? T(1) : T(2)));
       vec_map([&](V v) {
         const V z = shift + v;
         return V::blendv(V(0), p == 1 ? coef : coef * z, z > V(0));
@@ -298,9 +236,8 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
       row[t] = -row_sum_excluding([](V v) { return v; }, row.data(), m.classes, t);
       at::vec::convert(row.data(), rp + r * m.classes, m.classes);
     });
-  });
-  return result.view(input.sizes());
-}
+  }
+};
 
 }  // namespace
 

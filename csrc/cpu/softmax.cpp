@@ -1,6 +1,7 @@
 // softmax, log_softmax and their backward ops on CPU, over rows or column tiles (dim_layout.h).
 #include "dim_layout.h"
 #include "../kernel_lists.h"
+#include "../softmax.h"
 
 namespace pyops::cpu {
 namespace {
@@ -111,22 +112,14 @@ void softmax_backward_tile(const T* g, const T* y, T* out, int64_t rows, int64_t
   }
 }
 
-// softmax (log false) or log_softmax (log true), as registered (kernel_lists.h).
-template <bool log>
-at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
-  constexpr const char* op = log ? "pyops::log_softmax" : "pyops::softmax";
-  check_floating(op, self);
-  dim = at::maybe_wrap_dim(dim, self.dim());
-  const auto x = dense(self);
-  auto out = output_like(x);
-  if (x.numel() == 0) return out;
-  const Shape3 s = shape3(x, dim);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
+// The kernels of csrc/softmax.h: rows are read as they are, half types widened on the way;
+// column tiles go through a float stage.
+struct SoftmaxKernels {
+  template <typename scalar_t>
+  static void forward(const scalar_t* in, scalar_t* o, const Shape3& s, bool log) {
     using T = acc_t<scalar_t>;
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& p) {
-      if (s.inner == 1) {  // rows are read as they are, half types widened on the way
+      if (s.inner == 1) {
         log ? log_softmax_row(in + p.offset, o + p.offset, p.width)
             : softmax_row(in + p.offset, o + p.offset, p.width);
         return;
@@ -137,26 +130,12 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
       softmax_tile(xs, ys, p.rows, p.width, stage.stride(p), log);
       stage.store(1, o, p);
     });
-  });
-  return out;
-}
+  }
 
-template <bool log>
-at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  constexpr const char* op = log ? "pyops::log_softmax_backward" : "pyops::softmax_backward";
-  check_same_meta(op, grad, out);
-  check_floating(op, out);
-  dim = at::maybe_wrap_dim(dim, out.dim());
-  const auto y = dense(out);
-  const auto g = in_layout_of(grad, y);
-  auto result = output_like(y);
-  if (y.numel() == 0) return result;
-  const Shape3 s = shape3(y, dim);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), op, [&] {
+  template <typename scalar_t>
+  static void backward(const scalar_t* gp, const scalar_t* yp, scalar_t* rp, const Shape3& s,
+                       bool log) {
     using T = acc_t<scalar_t>;
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& p) {
       if (s.inner == 1) {
         log ? log_softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width)
@@ -170,9 +149,8 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
       softmax_backward_tile(gs, ys, rs, p.rows, p.width, stage.stride(p), log);
       stage.store(2, rp, p);
     });
-  });
-  return result;
-}
+  }
+};
 
 }  // namespace
 

@@ -33,6 +33,86 @@ struct alignas(16) Pack {
   scalar_t v[vec_size<scalar_t>()];
 };
 
+// ---- elementwise: out[i] = fn(in[0][i], ...), 16-byte packs where every pointer is aligned ------
+
+template <typename scalar_t, int kArity>
+struct Inputs {
+  const scalar_t* ptr[kArity];
+};
+
+// out[i] = fn(in[0][i], ..., in[kArity - 1][i]) computed in opmath (float for half types).
+// Each thread loads kUnroll packs of every input before computing any: one 16-byte load in
+// flight per thread left the copy bandwidth at 96 % where torch's unrolled kernel reaches 102 %.
+template <typename scalar_t, int kArity, typename Fn>
+__global__ void map_kernel(scalar_t* __restrict__ out, Inputs<scalar_t, kArity> in, int64_t n,
+                           bool vectorized, Fn fn) {
+  using opmath = at::opmath_type<scalar_t>;
+  constexpr int kVec = vec_size<scalar_t>();
+  constexpr int kUnroll = 4;
+  const int64_t stride = int64_t{blockDim.x} * gridDim.x;
+  const int64_t first = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  int64_t tail = 0;
+  if (vectorized) {
+    const int64_t packs = n / kVec;
+    tail = packs * kVec;
+    for (int64_t base = first; base < packs; base += kUnroll * stride) {
+      Pack<scalar_t> a[kUnroll][kArity];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + u * stride;
+#pragma unroll
+        for (int k = 0; k < kArity; ++k) {
+          if (p < packs) a[u][k] = reinterpret_cast<const Pack<scalar_t>*>(in.ptr[k])[p];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + u * stride;
+        if (p >= packs) break;
+        Pack<scalar_t> r;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          opmath v[kArity];
+#pragma unroll
+          for (int k = 0; k < kArity; ++k) v[k] = static_cast<opmath>(a[u][k].v[j]);
+          r.v[j] = static_cast<scalar_t>(fn(v));
+        }
+        reinterpret_cast<Pack<scalar_t>*>(out)[p] = r;
+      }
+    }
+  }
+  for (int64_t i = tail + first; i < n; i += stride) {
+    opmath v[kArity];
+#pragma unroll
+    for (int k = 0; k < kArity; ++k) v[k] = static_cast<opmath>(in.ptr[k][i]);
+    out[i] = static_cast<scalar_t>(fn(v));
+  }
+}
+
+template <typename scalar_t, int kArity, typename Fn>
+void launch_map(scalar_t* out, Inputs<scalar_t, kArity> in, int64_t n, Fn fn) {
+  if (n == 0) return;
+  bool vectorized = aligned16(out);
+  for (int k = 0; k < kArity; ++k) vectorized = vectorized && aligned16(in.ptr[k]);
+  const int64_t work = vectorized ? (n + vec_size<scalar_t>() - 1) / vec_size<scalar_t>() : n;
+  map_kernel<<<blocks_for(work), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      out, in, n, vectorized, fn);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The CUDA side of the host code shared with the CPU (csrc/activations.h, csrc/softmax.h, ...).
+struct Backend {
+  using Guard = c10::cuda::CUDAGuard;
+  static at::Tensor output_like(const at::Tensor& like) { return at::empty_like(like); }
+  static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);
+  }
+  template <typename Fn, typename scalar_t, typename... In>
+  static void map(const Fn& fn, scalar_t* out, int64_t n, const In*... in) {
+    launch_map(out, Inputs<scalar_t, sizeof...(In)>{{in...}}, n, fn);
+  }
+};
+
 // ---- a row per block -------------------------------------------------------------------------
 
 // Threads per row block: enough for the row, a power of two from 32 to max_threads.

@@ -42,10 +42,6 @@ struct Scale {
   __device__ T operator[](int64_t p) const { return ptr[p * stride]; }
 };
 
-__device__ __forceinline__ void check_target(int64_t t, int64_t classes) {
-  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "Target is out of bounds");
-}
-
 // Per-position results of the forward (see csrc/cpu/cross_entropy.cpp for why `smooth` is kept
 // apart from `loss`).
 template <typename T>
@@ -80,7 +76,7 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
     walk.map(x, gi, C, [&](int64_t, scalar_t) { return fill; });
     return;
   }
-  check_target(target, C);
+  checked_target(target, C);
   const T w_t = a.w(target);
   const T coef = a.keep * w_t + a.eps_c * a.total_weight(), at_target = s * a.keep * w_t;
   walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
@@ -98,7 +94,7 @@ __device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const s
   const int64_t C = a.classes;
   const int64_t target = q ? 0 : targets[p];
   const bool ignored = !q && target == a.ignore_index;
-  if (!q && !ignored) check_target(target, C);
+  if (!q && !ignored) checked_target(target, C);
   // Read before the reduction's barrier: the fused path may overwrite x (in place) after it.
   const T x_t = (!q && !ignored && walk.leader()) ? static_cast<T>(x[walk.at(target)]) : T(0);
   const MaxSum<T> total = walk.max_sum(x, C, shared);
@@ -231,7 +227,7 @@ __global__ void target_weights_kernel(const int64_t* __restrict__ targets,
     if (t == ignore_index) {
       out[p] = 0;
     } else {
-      check_target(t, classes);
+      checked_target(t, classes);
       out[p] = weight ? weight[t] : T(1);
     }
   }
@@ -495,47 +491,39 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
                     label_smoothing, at::Tensor());
 }
 
-at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
-                                  const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                                  int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                  const at::Tensor& lse) {
-  constexpr const char* op = "pyops::cross_entropy_backward";
-  check_reduction(reduction);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  const auto& s = prep.shape;
-  const int64_t positions = s.outer * s.inner;
-  const auto acc = acc_dtype(input.scalar_type());
-  TORCH_CHECK(lse.numel() == positions && lse.scalar_type() == acc, op,
-              ": lse must be the forward's log-sum-exp, one per position");
-  const auto lse_c = lse.contiguous();
-  auto result = at::empty_like(prep.input);
-  if (result.numel() == 0) return in_input_layout(input, result);
-  const auto scale = scale_for(grad, reduction, prep, ignore_index);
-  const auto weight_sum = sum_of_weights(prep);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
+// The kernels of cross_entropy_backward's host code (loss_inputs.h).
+struct CrossEntropyKernels {
+  static at::Tensor scale(const at::Tensor& grad, int64_t reduction, const Prepared& prep,
+                          int64_t ignore_index) {
+    return scale_for(grad, reduction, prep, ignore_index);
+  }
+
+  template <typename scalar_t>
+  static void backward(const Prepared& prep, int64_t ignore_index, double label_smoothing,
+                       const at::Tensor& lse, const at::Tensor& scale, at::Tensor& result) {
     using T = at::opmath_type<scalar_t>;
+    const auto& s = prep.shape;
+    const int64_t positions = s.outer * s.inner;
+    const auto weight_sum = sum_of_weights(prep);
     const auto a = class_args<T>(prep, ignore_index, label_smoothing, weight_sum);
     const scalar_t* x = prep.input.const_data_ptr<scalar_t>();
     const scalar_t* q = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* t = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
     scalar_t* gi = result.mutable_data_ptr<scalar_t>();
+    const Scale<T> sc{scale.const_data_ptr<T>(), scale.dim() == 0 ? 0 : 1};
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.inner == 1) {
       const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
       ce_backward_rows_kernel<<<row_blocks(positions), row_threads(s.dim, kStreamThreads), 0,
-                                stream>>>(
-          x, q, t, a, lse_c.const_data_ptr<T>(), gi, scale_of<T>(scale, reduction), positions,
-          packed);
+                                stream>>>(x, q, t, a, lse.const_data_ptr<T>(), gi, sc, positions,
+                                          packed);
     } else {
       ce_backward_columns_kernel<<<blocks_for(positions), kThreads, 0, stream>>>(
-          x, q, t, a, lse_c.const_data_ptr<T>(), gi, scale_of<T>(scale, reduction), positions,
-          s.inner);
+          x, q, t, a, lse.const_data_ptr<T>(), gi, sc, positions, s.inner);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return in_input_layout(input, result);
-}
+  }
+};
 
 // The logits are read once: the gradient is written in the same pass as the loss, into
 // grad_input directly when it has the layout the kernel walks (input itself included).
@@ -595,7 +583,7 @@ __global__ void nll_kernel(const scalar_t* __restrict__ x, const int64_t* __rest
        p += int64_t{blockDim.x} * gridDim.x) {
     const int64_t t = targets[p];
     const bool ignored = t == ignore_index;
-    if (!ignored) check_target(t, s.dim);
+    if (!ignored) checked_target(t, s.dim);
     const T w = ignored ? T(0) : (weight ? weight[t] : T(1));
     const int64_t at = (p / s.inner) * s.dim * s.inner + t * s.inner + p % s.inner;
     if (losses) {

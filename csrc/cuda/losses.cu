@@ -8,6 +8,7 @@
 // binary_cross_entropy outside [0, 1] trips a device-side assert, as in torch.
 #include "common.cuh"
 #include "../loss_inputs.h"
+#include "../elementwise_losses.h"
 #include "../kernel_lists.h"
 
 namespace pyops::cuda {
@@ -87,8 +88,7 @@ at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction,
     });
   }
   if (reduction == kNone) return result;
-  const auto total = block_sums.sum();
-  return (reduction == kMean ? total / denominator : total).to(e.x.scalar_type());
+  return reduced_total(block_sums.sum(), e, reduction, denominator);
 }
 
 // The input gradient, grad_fn(values) per element, values[kGrad] holding the upstream gradient
@@ -96,19 +96,10 @@ at::Tensor elementwise_forward(const Elementwise& e, int64_t reduction,
 template <typename GradFn>
 at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
                                 const at::Tensor& denominator, GradFn grad_fn) {
-  check_reduction(reduction);
   const c10::cuda::CUDAGuard guard(e.x.device());
+  const auto g = elementwise_upstream(grad, e, reduction, denominator);
   auto result = at::empty_like(e.x);
-  const auto acc = acc_dtype(e.x.scalar_type());
   const int64_t n = e.x.numel();
-  at::Tensor g;
-  if (reduction == kNone) {
-    TORCH_CHECK(grad.sizes() == e.x.sizes(), "grad must have the input's shape ",
-                shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
-    g = in_layout_of(grad.to(e.x.scalar_type()), e.x);
-  } else {
-    g = upstream_scale(grad, reduction, denominator, n, acc);
-  }
   if (n == 0) return result;
   PYOPS_DISPATCH_FLOATING(e.x.scalar_type(), e.op, [&] {
     using T = at::opmath_type<scalar_t>;
@@ -125,15 +116,7 @@ at::Tensor elementwise_backward(const at::Tensor& grad, const Elementwise& e, in
   return result;
 }
 
-at::Tensor count_of(const Elementwise& e) {
-  return at::scalar_tensor(static_cast<double>(e.x.numel()), at::kDouble);
-}
-
 // ---- mse_loss: w * (x - y)^2; 'mean' divides by sum(w) when weighted, as torch ----------------
-
-at::Tensor mse_denominator(const Elementwise& e) {
-  return e.w.defined() ? e.w.sum(at::kDouble) : count_of(e);
-}
 
 struct MseLoss {
   template <typename T>
@@ -149,18 +132,7 @@ struct MseGrad {  // the upstream scale first, as torch: no overflow of 2 * (x -
   }
 };
 
-at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target,
-                    const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::mse_loss", input, target, weight);
-  return elementwise_forward(e, reduction, mse_denominator(e), MseLoss{});
-}
 
-at::Tensor mse_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                             int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::mse_loss_backward", input, target, weight);
-  return elementwise_backward(grad, e, reduction, mse_denominator(e), MseGrad{});
-}
 
 // ---- binary_cross_entropy_with_logits -------------------------------------------------------
 // w * ((1 - y) x - lw * log_sigmoid(x)), lw = 1 + (pos_weight - 1) y; derivative
@@ -187,25 +159,7 @@ struct BceLogitsGrad {
   }
 };
 
-at::Tensor binary_cross_entropy_with_logits(const at::Tensor& input, const at::Tensor& target,
-                                            const std::optional<at::Tensor>& weight,
-                                            const std::optional<at::Tensor>& pos_weight,
-                                            int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits", input, target,
-                                     weight, pos_weight);
-  return elementwise_forward(e, reduction, count_of(e), BceLogitsLoss{});
-}
 
-at::Tensor binary_cross_entropy_with_logits_backward(const at::Tensor& grad,
-                                                     const at::Tensor& input,
-                                                     const at::Tensor& target,
-                                                     const std::optional<at::Tensor>& weight,
-                                                     const std::optional<at::Tensor>& pos_weight,
-                                                     int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_with_logits_backward", input,
-                                     target, weight, pos_weight);
-  return elementwise_backward(grad, e, reduction, count_of(e), BceLogitsGrad{});
-}
 
 // ---- binary_cross_entropy on probabilities ----------------------------------------------------
 // -w * (y * max(log x, -100) + (1 - y) * max(log(1 - x), -100)); derivative
@@ -229,19 +183,7 @@ struct BceGrad {  // torch clamps with the float constant 1e-12f, also for doubl
   }
 };
 
-at::Tensor binary_cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy", input, target, weight);
-  return elementwise_forward(e, reduction, count_of(e), BceLoss{});
-}
 
-at::Tensor binary_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
-                                         const at::Tensor& target,
-                                         const std::optional<at::Tensor>& weight,
-                                         int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::binary_cross_entropy_backward", input, target, weight);
-  return elementwise_backward(grad, e, reduction, count_of(e), BceGrad{});
-}
 
 // ---- hinge_loss: max(0, margin - y * x) -----------------------------------------------------
 
@@ -260,25 +202,34 @@ struct HingeGrad {  // the subgradient of clamp(margin - y * x, min=0): -y where
   }
 };
 
-at::Tensor hinge_loss(const at::Tensor& input, const at::Tensor& target, double margin,
-                      int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::hinge_loss", input, target);
-  return elementwise_forward(e, reduction, count_of(e), HingeLoss{margin});
-}
 
-at::Tensor hinge_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                               const at::Tensor& target, double margin, int64_t reduction) {
-  const auto e = prepare_elementwise("pyops::hinge_loss_backward", input, target);
-  return elementwise_backward(grad, e, reduction, count_of(e), HingeGrad{margin});
-}
+
+// The kernels of the elementwise losses' host code (elementwise_losses.h).
+struct ElementwiseKernels {
+  template <typename LossFn>
+  static at::Tensor forward(const Elementwise& e, int64_t reduction, const at::Tensor& denominator,
+                            LossFn loss_fn) {
+    return elementwise_forward(e, reduction, denominator, loss_fn);
+  }
+  template <typename GradFn>
+  static at::Tensor backward(const at::Tensor& grad, const Elementwise& e, int64_t reduction,
+                             const at::Tensor& denominator, GradFn grad_fn) {
+    return elementwise_backward(grad, e, reduction, denominator, grad_fn);
+  }
+  static void check_probabilities(const Elementwise&) {}  // BceLoss asserts on the device
+  using MseLoss = cuda::MseLoss;
+  using MseGrad = cuda::MseGrad;
+  using BceLogitsLoss = cuda::BceLogitsLoss;
+  using BceLogitsGrad = cuda::BceLogitsGrad;
+  using BceLoss = cuda::BceLoss;
+  using BceGrad = cuda::BceGrad;
+  using HingeLoss = cuda::HingeLoss;
+  using HingeGrad = cuda::HingeGrad;
+};
 
 // ---- multi_margin_loss ----------------------------------------------------------------------
 // Row loss: w_t / C * sum over j != t of h(margin - x_t + x_j)^p, h(z) = z for z > 0, else 0
 // (NaN included, as torch). A block per row.
-
-__device__ __forceinline__ void check_margin_target(int64_t t, int64_t classes) {
-  CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < classes, "target out of range");
-}
 
 // The row losses (losses), or with kBackward the input gradient, each upstream scale[r *
 // scale_stride], into gi: d/dx_j = scale * w_t / C * p * h^(p-1) for j != t, and minus their sum
@@ -292,7 +243,7 @@ __global__ void __launch_bounds__(1024) multi_margin_kernel(
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = x + r * classes;
     const int64_t t = targets[r];
-    check_margin_target(t, classes);
+    checked_margin_target(t, classes);
     const T shift = margin - static_cast<T>(row[t]), w_t = weight ? weight[t] : T(1);
     const T coef = kBackward ? scale[r * scale_stride] * w_t / static_cast<T>(classes) *
                                    (p == 1 ? T(1) : T(2))
@@ -332,40 +283,24 @@ void launch_multi_margin(const MarginRows& m, int64_t p, double margin, const T*
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor multi_margin_loss(const at::Tensor& input, const at::Tensor& target, int64_t p,
-                             double margin, const std::optional<at::Tensor>& weight,
-                             int64_t reduction) {
-  check_reduction(reduction);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto m = prepare_margin("pyops::multi_margin_loss", input, target, p, weight);
-  auto losses = at::empty({m.rows}, input.options().dtype(acc_dtype(input.scalar_type())));
-  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+// The kernels of multi_margin_loss's host code (loss_inputs.h).
+struct MarginKernels {
+  template <typename scalar_t>
+  static void margin_losses(const MarginRows& m, int64_t p, double margin, at::Tensor& losses) {
     using T = at::opmath_type<scalar_t>;
     launch_multi_margin<scalar_t, T, false>(m, p, margin, nullptr, 0, losses.mutable_data_ptr<T>(),
                                             nullptr);
-  });
-  return margin_loss_output(losses, reduction, m, input);
-}
+  }
 
-at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& input,
-                                      const at::Tensor& target, int64_t p, double margin,
-                                      const std::optional<at::Tensor>& weight,
-                                      int64_t reduction) {
-  check_reduction(reduction);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
-  const auto acc = acc_dtype(input.scalar_type());
-  const auto scale = upstream_scale(
-      grad, reduction, at::scalar_tensor(static_cast<double>(m.rows), at::kDouble), m.rows, acc);
-  auto result = at::empty({m.rows, m.classes}, input.options());
-  PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {
+  template <typename scalar_t>
+  static void margin_gradient(const MarginRows& m, int64_t p, double margin,
+                              const at::Tensor& scale, at::Tensor& result) {
     using T = at::opmath_type<scalar_t>;
     launch_multi_margin<scalar_t, T, true>(m, p, margin, scale.const_data_ptr<T>(),
-                                           reduction == kNone ? 1 : 0, nullptr,
+                                           scale.dim() == 0 ? 0 : 1, nullptr,
                                            result.mutable_data_ptr<scalar_t>());
-  });
-  return result.view(input.sizes());
-}
+  }
+};
 
 }  // namespace
 

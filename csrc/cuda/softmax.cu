@@ -8,6 +8,7 @@
 //               loads along the reduced dim coalesce.
 #include "row_walk.cuh"
 #include "../kernel_lists.h"
+#include "../softmax.h"
 
 namespace pyops::cuda {
 namespace {
@@ -167,21 +168,12 @@ __global__ void softmax_backward_columns_kernel(const scalar_t* __restrict__ gra
   }
 }
 
-// softmax (log false) or log_softmax (log true), as registered (kernel_lists.h).
-template <bool log>
-at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
-  constexpr const char* op = log ? "pyops::log_softmax" : "pyops::softmax";
-  check_floating(op, self);
-  dim = at::maybe_wrap_dim(dim, self.dim());
-  const c10::cuda::CUDAGuard guard(self.device());
-  const auto x = dense(self);
-  auto out = at::empty_like(x);
-  if (x.numel() == 0) return out;
-  const Shape3 s = shape3(x, dim);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+// The kernels of csrc/softmax.h: a block (or a cluster) per row where the dim is innermost,
+// a thread per position otherwise.
+struct SoftmaxKernels {
+  template <typename scalar_t>
+  static void forward(const scalar_t* in, scalar_t* o, const Shape3& s, bool log) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.inner == 1) {
       const bool packed = rows_packable(in, o, s.dim);
       const RowLaunch shape =
@@ -205,27 +197,12 @@ at::Tensor softmax_forward(const at::Tensor& self, int64_t dim) {
           in, o, s.outer, s.dim, s.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
+  }
 
-template <bool log>
-at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, int64_t dim) {
-  constexpr const char* op = log ? "pyops::log_softmax_backward" : "pyops::softmax_backward";
-  check_same_meta(op, grad, out);
-  check_floating(op, out);
-  dim = at::maybe_wrap_dim(dim, out.dim());
-  const c10::cuda::CUDAGuard guard(out.device());
-  const auto y = dense(out);
-  const auto g = in_layout_of(grad, y);
-  auto result = at::empty_like(y);
-  if (y.numel() == 0) return result;
-  const Shape3 s = shape3(y, dim);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), op, [&] {
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    scalar_t* rp = result.mutable_data_ptr<scalar_t>();
+  template <typename scalar_t>
+  static void backward(const scalar_t* gp, const scalar_t* yp, scalar_t* rp, const Shape3& s,
+                       bool log) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.inner == 1) {
       const bool packed = rows_packable(yp, rp, s.dim) && aligned16(gp);
       // two rows cached per block: half the packs per thread
@@ -249,9 +226,8 @@ at::Tensor softmax_backward_impl(const at::Tensor& grad, const at::Tensor& out, 
           gp, yp, rp, s.outer, s.dim, s.inner, log);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return result;
-}
+  }
+};
 
 }  // namespace
 
