@@ -75,11 +75,14 @@ def _progress(total):
     return tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(), unit="case")
 
 
-def measure(case, cfg, cache, copy_bps, min_run_time, threads, device):
+def measure(case, cfg, copies, copy_bps, min_run_time, threads, device):
     """The records of one case at one thread count: torch first, then pyops and the peers. The
-    implementations are built at that thread count, so compiled peers are compiled for it."""
+    implementations are built at that thread count, so compiled peers are compiled for it. With
+    one input set (copies=1) where the case rotates several, the case is measured hot: its
+    inputs called again and again from the cache, as activations passed between layers are."""
+    hot = copies == 1 and harness.input_copies(case.nbytes, harness.cache_bytes(device)) > 1
     try:
-        fns = case.build(cfg, harness.input_copies(case.nbytes, cache))
+        fns = case.build(cfg, copies)
         missing = {}
     except Exception as err:  # a peer that cannot run this case is reported, not dropped
         fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}
@@ -87,7 +90,8 @@ def measure(case, cfg, cache, copy_bps, min_run_time, threads, device):
     extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
     for impl in ["torch", "pyops"] + extra:
         record = {"op": case.op, "direction": case.direction, "dtype": str(case.dtype)[6:],
-                  "shape": case.label, "params": case.params, "impl": impl,
+                  "shape": case.label, "impl": impl,
+                  "params": " ".join(p for p in (case.params, "hot cache" if hot else "") if p),
                   "threads": threads, "huge_pages": huge_pages_now(),
                   "bytes": case.nbytes, "median_s": None, "iqr_s": None, "gbps": None,
                   "pct_copy": None, "peak_extra_bytes": None, "ratio_vs_torch": None}
@@ -131,7 +135,9 @@ def run(args):
         for case in selected:
             for threads in args.thread_counts:
                 torch.set_num_threads(threads)
-                records += measure(case, cfg, cache, copy_bps, min_run_time, threads, args.device)
+                copies = harness.input_copies(case.nbytes, cache)
+                for n in (copies, 1) if copies > 1 else (copies,):  # cold, then hot
+                    records += measure(case, cfg, n, copy_bps, min_run_time, threads, args.device)
             if progress is not None:
                 progress.update()
     except KeyboardInterrupt:
