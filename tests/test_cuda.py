@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and pyops.build_info()["cuda"]),
     reason="needs a CUDA device and pyops built with its CUDA kernels")
 
-ELEMENTWISE = ["sigmoid", "tanh", "relu"]
+ELEMENTWISE = ["sigmoid", "tanh", "relu"]  # every activation, silu and gelu too: test_table.py
 SOFTMAX = ["softmax", "log_softmax"]
 
 
