@@ -14,7 +14,8 @@ from .table import OPS
 
 def _twin(op):
     def forward(self, *args):
-        return op.function(*args, **{name: getattr(self, name) for name in op.module_args})
+        return op.function(*args, **{name: getattr(self, name) for name in op.module_args},
+                           **dict(op.module_extra))
 
     base = getattr(torch.nn, op.module)
     return type(op.module, (base,), {

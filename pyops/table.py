@@ -21,6 +21,7 @@ class Op:
     shapes: tuple = ((), (0,), (7,), (4, 33), (2, 3, 5))
     module: str = None           # the torch.nn twin: pyops.nn has a subclass of the same name
     module_args: tuple = ()      # the module's attributes the forward passes as keywords
+    module_extra: tuple = ()     # (keyword, value) pairs the module's forward adds, as torch's
     patches: tuple = ()          # (namespace, name): where patch() puts the pyops function
     bench_shapes: dict = dataclasses.field(default_factory=dict)  # {"cpu"|"cuda"|"quick": shapes}
 
@@ -113,6 +114,7 @@ def _activation(name, torch_fn, module, module_args=(), variants=({},), torch_na
 def _softmax(name, torch_fn, module, torch_replacement):
     return Op(name, "softmax", torch_fn, _one, ({"dim": 0}, {"dim": -1}),
               shapes=((7,), (4, 33), (2, 3, 5), (3, 1000)), module=module, module_args=("dim",),
+              module_extra=(("_stacklevel", 5),),  # the implicit-dim warning where torch's points
               patches=((TF, name), (torch, name, torch_replacement)))
 
 

@@ -182,6 +182,17 @@ def test_implicit_dim_warns_and_matches_torch(name, ndim):
     assert_close(y_ours, y_torch)
 
 
+@pytest.mark.parametrize("module", ["Softmax", "LogSoftmax"])
+def test_module_implicit_dim_warns_where_torch_does(module):
+    x = make_tensor((3, 4), torch.float32, "cpu")
+    places = []
+    for cls in (getattr(torch.nn, module), getattr(pyops.nn, module)):
+        with pytest.warns(UserWarning, match="Implicit dimension choice") as record:
+            cls()(x)
+        places.append((record[0].filename, record[0].lineno))
+    assert places[0] == places[1]
+
+
 @device_params
 @op_params
 def test_dtype_argument_casts_first(device, name):
