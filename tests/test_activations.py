@@ -52,8 +52,12 @@ def test_values_and_grads_match_torch(device, name, dtype, shape, layout):
     (g_exact,) = torch.autograd.grad(y_exact, x_exact, grad.double())
     # tanh' = 1 - y*y cancels near |y| = 1, where our y and torch's may differ by up to two
     # ulps (each within one ulp of the truth; the baseline ISA uses libm): the gradient then
-    # differs by up to |grad| * 2|y| * 2 ulp, with |grad| <= 4 here.
-    assert_as_accurate_as_torch(g_ours, g_torch, g_exact, atol=8 * torch.finfo(dtype).eps)
+    # differs by up to |grad| * 2|y| * 2 ulp, with |grad| <= 4 here. For float64 the reference
+    # is torch's float64 itself, no more exact than pyops: where terms of size ~|grad| cancel
+    # (gelu's tanh form, whose pyops formula is the more accurate) each side rounds apart.
+    eps = torch.finfo(dtype).eps
+    assert_as_accurate_as_torch(g_ours, g_torch, g_exact,
+                                atol=(32 if dtype == torch.float64 else 8) * eps)
 
 
 @device_params

@@ -59,18 +59,23 @@ struct gelu {
 constexpr double kGeluBeta = M_SQRT2 * M_2_SQRTPI * 0.5;  // sqrt(2 / pi)
 constexpr double kGeluKappa = 0.044715;
 
+// 0.5 x (1 + tanh(u)) = x s with s = sigmoid(2u) = 1 / (1 + exp(-2u)), and the derivative's
+// 1 - tanh(u)^2 = 4 s (1 - s): torch's 1 + tanh(u) cancels for x << 0 (and 1 - s is taken as
+// exp(-2u) s where s > 1/2, so it does not cancel either).
 struct gelu_tanh {
   static constexpr bool kIntegers = false;
+  template <typename V> static V inner(V x) {
+    return V(kGeluBeta) * (x + V(kGeluKappa) * (x * x * x));
+  }
   template <typename V> V operator()(V x) const {
-    const auto inner = V(kGeluBeta) * (x + V(kGeluKappa) * (x * x * x));
-    return V(0.5) * x * (V(1) + inner.tanh());
+    return x * (V(1) + (V(-2) * inner(x)).exp()).reciprocal();
   }
   template <typename V> V operator()(V g, V x) const {
-    const auto t = (V(kGeluBeta) * (x + V(kGeluKappa) * (x * x * x))).tanh();
-    const auto left_derivative = V(0.5) * (V(1) + t);
-    const auto inner_derivative = V(kGeluBeta) * (V(1) + V(3) * V(kGeluKappa) * (x * x));
-    const auto right_derivative = V(0.5) * x * (V(1) - t * t) * inner_derivative;
-    return g * (left_derivative + right_derivative);
+    const V e = (V(-2) * inner(x)).exp();
+    const V s = (V(1) + e).reciprocal();
+    const V rest = V::blendv(V(1) - s, e * s, s > V(0.5));  // 1 - s
+    const V inner_derivative = V(kGeluBeta) * (V(1) + V(3) * V(kGeluKappa) * (x * x));
+    return g * (s + V(2) * x * s * rest * inner_derivative);
   }
 };
 

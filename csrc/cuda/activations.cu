@@ -65,19 +65,23 @@ struct gelu {
 constexpr double kGeluBeta = M_SQRT2 * M_2_SQRTPI * 0.5;  // sqrt(2 / pi)
 constexpr double kGeluKappa = 0.044715;
 
+// x s with s = sigmoid(2u), as on the CPU (csrc/cpu/activations.cpp says why).
 struct gelu_tanh {
   static constexpr bool kIntegers = false;
   template <typename T>
+  __device__ static T inner(T x) { return T(kGeluBeta) * (x + T(kGeluKappa) * x * x * x); }
+  template <typename T>
   __device__ T operator()(const T (&v)[1]) const {
-    const T x = v[0];
-    return T(0.5) * x * (T(1) + ::tanh(T(kGeluBeta) * (x + T(kGeluKappa) * x * x * x)));
+    return v[0] / (T(1) + ::exp(T(-2) * inner(v[0])));
   }
   template <typename T>
   __device__ T operator()(const T (&v)[2]) const {
     const T x = v[1];
-    const T t = ::tanh(T(kGeluBeta) * (x + T(kGeluKappa) * x * x * x));
+    const T e = ::exp(T(-2) * inner(x));
+    const T s = T(1) / (T(1) + e);
+    const T rest = s > T(0.5) ? e * s : T(1) - s;
     const T inner_derivative = T(kGeluBeta) * (T(1) + T(3 * kGeluKappa) * x * x);
-    return v[0] * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * inner_derivative);
+    return v[0] * (s + T(2) * x * s * rest * inner_derivative);
   }
 };
 
