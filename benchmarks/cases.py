@@ -169,7 +169,8 @@ def softmax_cases(cfg):
     for op in TABLE:
         if op.family != "softmax":
             continue
-        for dtype, (shape, dim) in itertools.product(cfg.dtypes, SOFTMAX_QUICK_SHAPES if cfg.quick else shapes):
+        for dtype, (shape, dim) in itertools.product(
+                cfg.dtypes, SOFTMAX_QUICK_SHAPES if cfg.quick else shapes):
             nbytes = _numel(shape) * dtype.itemsize
             ours = functools.partial(op.function, dim=dim)
             theirs = functools.partial(op.torch_fn, dim=dim)
@@ -238,7 +239,8 @@ def loss_cases(cfg):
     for op in TABLE:
         if op.family != "loss" or not op.bench_shapes:
             continue
-        for dtype, shape in itertools.product(cfg.dtypes, op.bench_shapes["quick" if cfg.quick else cfg.device]):
+        shapes = op.bench_shapes["quick" if cfg.quick else cfg.device]
+        for dtype, shape in itertools.product(cfg.dtypes, shapes):
             # input and target read once, the gradient written once
             yield Case(op.name, "fwd+bwd", dtype, shape, "mean", 3 * _numel(shape) * dtype.itemsize,
                        lambda cfg, o=op, s=shape, d=dtype: _requires_grad_first(

@@ -428,23 +428,20 @@ struct NllLossBackward : Function<NllLossBackward> {
 
 using Boxed = std::vector<c10::IValue>;  // an operator's arguments, as a boxed call takes them
 
-// A saved argument list: the first kTensors arguments are tensors (or absent optional ones),
-// saved for backward; the rest (scalars, multi_margin's weight) go to saved_data.
+// A saved argument list: the first `tensors` arguments are tensors (or absent optional ones),
+// saved for backward; the rest (scalars, multi_margin's weight) go to saved_data as one list.
 void save_arguments(AutogradContext* ctx, const Boxed& args, size_t tensors) {
   variable_list saved;
-  for (size_t i = 0; i < tensors; ++i) saved.push_back(args[i].isTensor() ? args[i].toTensor() : Tensor());
+  for (size_t i = 0; i < tensors; ++i) {
+    saved.push_back(args[i].isTensor() ? args[i].toTensor() : Tensor());
+  }
   ctx->save_for_backward(saved);
-  ctx->saved_data["count"] = static_cast<int64_t>(args.size());
-  for (size_t i = tensors; i < args.size(); ++i) ctx->saved_data["a" + std::to_string(i)] = args[i];
+  c10::impl::GenericList rest(c10::AnyType::get());
+  for (size_t i = tensors; i < args.size(); ++i) rest.push_back(args[i]);
+  ctx->saved_data["rest"] = rest;
 }
 
-Boxed saved_rest(AutogradContext* ctx, size_t tensors) {
-  Boxed rest;
-  for (size_t i = tensors; i < static_cast<size_t>(ctx->saved_data["count"].toInt()); ++i) {
-    rest.push_back(ctx->saved_data["a" + std::to_string(i)]);
-  }
-  return rest;
-}
+Boxed saved_rest(AutogradContext* ctx) { return ctx->saved_data["rest"].toList().vec(); }
 
 // Whether leading argument i (of the saved tensors t) needs a gradient: autograd numbers only the
 // tensor arguments that are present.
@@ -482,7 +479,9 @@ variable_list grads_through(const Fn& fn, const variable_list& tensors,
   return result;
 }
 
-Tensor times_weight(const Tensor& values, const Tensor& w) { return w.defined() ? values * w : values; }
+Tensor times_weight(const Tensor& values, const Tensor& w) {
+  return w.defined() ? values * w : values;
+}
 
 // v over the element count of t, a number (a tensor of t's dtype would round or overflow it).
 Tensor per_element(const Tensor& v, const Tensor& t) { return v / static_cast<double>(t.numel()); }
@@ -494,7 +493,9 @@ struct MseSpec {
   static constexpr char kName[] = "pyops::mse_loss";
   static constexpr char kBackward[] = "pyops::mse_loss_backward";
   static constexpr size_t kTensors = 3;  // input, target, weight
-  static Tensor terms(const variable_list& t, const Boxed&) { return times_weight((t[0] - t[1]).pow(2), t[2]); }
+  static Tensor terms(const variable_list& t, const Boxed&) {
+    return times_weight((t[0] - t[1]).pow(2), t[2]);
+  }
   static Tensor mean_of(const Tensor& v, const variable_list& t) {
     return t[2].defined() ? v / t[2].sum() : per_element(v, t[0]);
   }
@@ -505,7 +506,9 @@ struct MseSpec {
   }
 };
 
-Tensor stable_log_sigmoid(const Tensor& x) { return at::minimum(x, at::zeros_like(x)) - at::log1p(at::exp(-x.abs())); }
+Tensor stable_log_sigmoid(const Tensor& x) {
+  return at::minimum(x, at::zeros_like(x)) - at::log1p(at::exp(-x.abs()));
+}
 
 struct BceLogitsSpec {
   static constexpr char kName[] = "pyops::binary_cross_entropy_with_logits";
@@ -557,7 +560,8 @@ struct MultiMarginSpec {
     const auto x = input.reshape({-1, input.dim() ? input.size(-1) : 1});
     const auto target = t[1].reshape({-1, 1});
     const auto z = rest[1].toDouble() - x.gather(1, target) + x;
-    const auto h = at::where(z > 0, z, at::zeros_like(z)).pow(rest[0].toInt()).scatter(1, target, 0.0);
+    const auto h =
+        at::where(z > 0, z, at::zeros_like(z)).pow(rest[0].toInt()).scatter(1, target, 0.0);
     auto rows = h.sum(1) / static_cast<double>(x.size(1));
     if (rest[2].isTensor()) rows = rows * rest[2].toTensor().index({target.reshape(-1)});
     return rows.reshape(t[1].sizes());  // 'none' has the target's shape, as torch
@@ -592,26 +596,28 @@ struct Loss<Spec, Tensor(A...)> : Function<Loss<Spec, Tensor(A...)>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(Spec::kBackward, "");
     const auto t = ctx->get_saved_variables();
-    const auto rest = saved_rest(ctx, Spec::kTensors);
+    const auto rest = saved_rest(ctx);
     const auto& grad = grads[0];
+    Tensor scale;  // the upstream gradient per element, where a gradient besides input's is wanted
     std::vector<size_t> through;
     variable_list result(sizeof...(A));
     for (size_t i = 1; i < Spec::kTensors; ++i) {
       if (!needs_grad(ctx, t, i)) continue;
-      const auto reduction = rest.back().toInt();
-      const auto s = reduction == kMean ? Spec::mean_of(grad, t) : grad;
-      result[i] = Spec::override_grad(i, s, t);
+      if (!scale.defined()) scale = rest.back().toInt() == kMean ? Spec::mean_of(grad, t) : grad;
+      result[i] = Spec::override_grad(i, scale, t);
       if (!result[i].defined()) through.push_back(i);
     }
-    const auto derived = grads_through([&](const variable_list& v) { return reduced<Spec>(v, rest); },
-                                       t, through, grad);
+    const auto loss = [&](const variable_list& v) { return reduced<Spec>(v, rest); };
+    const auto derived = grads_through(loss, t, through, grad);
     for (const auto i : through) result[i] = derived[i];
     if (needs_grad(ctx, t, 0)) {
       Boxed stack{grad};
       for (const auto& tensor : t) stack.push_back(boxed(tensor));
       stack.insert(stack.end(), rest.begin(), rest.end());
-      c10::Dispatcher::singleton().findSchemaOrThrow(Spec::kBackward, "").callBoxed(stack);
+      backward_op.callBoxed(stack);
       result[0] = stack[0].toTensor();
     }
     return result;
@@ -635,7 +641,7 @@ struct LossBackward<Spec, Tensor(A...)> : Function<LossBackward<Spec, Tensor(A..
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();  // grad, then the loss' tensors
-    const auto rest = saved_rest(ctx, Spec::kTensors + 1);
+    const auto rest = saved_rest(ctx);
     const auto input_gradient = [&](const variable_list& v) {
       variable_list t(v.begin() + 1, v.end());
       if (!t[0].requires_grad()) t[0] = t[0].detach().requires_grad_();
@@ -652,14 +658,17 @@ struct LossBackward<Spec, Tensor(A...)> : Function<LossBackward<Spec, Tensor(A..
   }
 };
 
-using MseSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t);
-using MseBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, int64_t);
-using BceLogitsSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, const OptionalTensor&, int64_t);
-using BceLogitsBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
-                                    const OptionalTensor&, int64_t);
+using WeightedSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t);
+using WeightedBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                   const OptionalTensor&, int64_t);
+using BceLogitsSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&,
+                            const OptionalTensor&, int64_t);
+using BceLogitsBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                    const OptionalTensor&, const OptionalTensor&, int64_t);
 using HingeSig = Tensor(const Tensor&, const Tensor&, double, int64_t);
 using HingeBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, double, int64_t);
-using MarginSig = Tensor(const Tensor&, const Tensor&, int64_t, double, const OptionalTensor&, int64_t);
+using MarginSig = Tensor(const Tensor&, const Tensor&, int64_t, double, const OptionalTensor&,
+                         int64_t);
 using MarginBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double,
                                  const OptionalTensor&, int64_t);
 
@@ -669,7 +678,8 @@ using MarginBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, in
 TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   using namespace pyops;
 #define PYOPS_AUTOGRAD_ACTIVATION(name, saved)                                                 \
-  m.impl(#name, &AutogradKernel<Saves<names::name, names::name##_backward, PYOPS_SAVES_##saved>>::call); \
+  m.impl(#name,                                                                                \
+         &AutogradKernel<Saves<names::name, names::name##_backward, PYOPS_SAVES_##saved>>::call); \
   m.impl(#name "_backward",                                                                     \
          &AutogradKernel<ActivationBackward<names::name##_backward, name##_second>>::call);
   PYOPS_ACTIVATIONS(PYOPS_AUTOGRAD_ACTIVATION)
@@ -685,13 +695,15 @@ TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   m.impl("cross_entropy_backward", &AutogradKernel<CrossEntropyBackward>::call);
   m.impl("nll_loss", &AutogradKernel<NllLoss>::call);
   m.impl("nll_loss_backward", &AutogradKernel<NllLossBackward>::call);
-  m.impl("mse_loss", &AutogradKernel<Loss<MseSpec, MseSig>>::call);
-  m.impl("mse_loss_backward", &AutogradKernel<LossBackward<MseSpec, MseBackwardSig>>::call);
-  m.impl("binary_cross_entropy_with_logits", &AutogradKernel<Loss<BceLogitsSpec, BceLogitsSig>>::call);
+  m.impl("mse_loss", &AutogradKernel<Loss<MseSpec, WeightedSig>>::call);
+  m.impl("mse_loss_backward", &AutogradKernel<LossBackward<MseSpec, WeightedBackwardSig>>::call);
+  m.impl("binary_cross_entropy_with_logits",
+         &AutogradKernel<Loss<BceLogitsSpec, BceLogitsSig>>::call);
   m.impl("binary_cross_entropy_with_logits_backward",
          &AutogradKernel<LossBackward<BceLogitsSpec, BceLogitsBackwardSig>>::call);
-  m.impl("binary_cross_entropy", &AutogradKernel<Loss<BceSpec, MseSig>>::call);
-  m.impl("binary_cross_entropy_backward", &AutogradKernel<LossBackward<BceSpec, MseBackwardSig>>::call);
+  m.impl("binary_cross_entropy", &AutogradKernel<Loss<BceSpec, WeightedSig>>::call);
+  m.impl("binary_cross_entropy_backward",
+         &AutogradKernel<LossBackward<BceSpec, WeightedBackwardSig>>::call);
   m.impl("hinge_loss", &AutogradKernel<Loss<HingeSpec, HingeSig>>::call);
   m.impl("hinge_loss_backward", &AutogradKernel<LossBackward<HingeSpec, HingeBackwardSig>>::call);
   m.impl("multi_margin_loss", &AutogradKernel<Loss<MultiMarginSpec, MarginSig>>::call);

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import functools
 import logging
 
 import torch
@@ -40,11 +41,12 @@ PATCHES = [(entry[0], entry[1], entry[2] if len(entry) > 2 else op.function)
            for op in OPS for entry in op.patches]
 
 
+@functools.cache
 def _settle_torch_caches():
     """torch.compile and torch.overrides list torch's functions once per process, by looking
     them up by name, and keep the lists. Built while patched, they would hold pyops' functions
     under torch's names (dynamo then rejects them, or worse keeps them after the patch), so they
-    are built before the first patch."""
+    are built before the first patch (once: the lists are kept)."""
     import torch._dynamo.trace_rules
 
     torch._dynamo.trace_rules.get_torch_obj_rule_map()

@@ -10,9 +10,9 @@ from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 
 ops = torch.ops.pyops
 
-__all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy", "nll_loss",
-           "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy", "hinge_loss",
-           "multi_margin_loss"]
+__all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
+           "nll_loss", "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+           "hinge_loss", "multi_margin_loss"]
 
 
 def _as_floating(input):

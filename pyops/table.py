@@ -155,8 +155,6 @@ OPS = [
                      "cuda": ((4096, 1024), (16384, 1024))}),
 ]
 
-BY_NAME = {op.name: op for op in OPS}
-
 
 def samples(op, dtype, device, seed=0):
     """(args, kwargs) for every shape and variant of `op`."""

@@ -9,8 +9,8 @@ from torch.library import opcheck
 
 import pyops
 import pyops.functional as PF
-from helpers import (FLOAT_DTYPES, LAYOUTS, TOLERANCES, assert_as_accurate_as_torch, assert_close, assert_compiles_like_eager,
-                     device_params, make_tensor, special_values)
+from helpers import (FLOAT_DTYPES, LAYOUTS, TOLERANCES, assert_as_accurate_as_torch, assert_close,
+                     assert_compiles_like_eager, device_params, make_tensor, special_values)
 from pyops._autograd import ACTIVATIONS
 from pyops.table import OPS as TABLE
 

@@ -377,9 +377,10 @@ at::Tensor scale_for(const at::Tensor& grad, int64_t reduction, const Prepared& 
   return scale;
 }
 
+// upstream_scale's result as the kernels read it: per position, or one value for all.
 template <typename T>
-Scale<T> scale_of(const at::Tensor& scale, int64_t reduction) {
-  return {scale.const_data_ptr<T>(), reduction == kNone ? 1 : 0};
+Scale<T> scale_of(const at::Tensor& scale) {
+  return {scale.const_data_ptr<T>(), scale.dim() == 0 ? 0 : 1};
 }
 
 template <typename T>
@@ -472,7 +473,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
       launch_forward<scalar_t, T>(
           prep, class_args<T>(prep, ignore_index, label_smoothing, weight_sum), out,
           grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
-          grad_out.defined() ? scale_of<T>(scale, reduction) : Scale<T>{nullptr, 0});
+          grad_out.defined() ? scale_of<T>(scale) : Scale<T>{nullptr, 0});
     });
   } else {  // no positions or no classes: still every target checked, as torch
     values.rows.zero_();
@@ -510,7 +511,7 @@ struct CrossEntropyKernels {
     const scalar_t* q = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* t = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
     scalar_t* gi = result.mutable_data_ptr<scalar_t>();
-    const Scale<T> sc{scale.const_data_ptr<T>(), scale.dim() == 0 ? 0 : 1};
+    const Scale<T> sc = scale_of<T>(scale);
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (s.inner == 1) {
       const bool packed = rows_packable(x, gi, s.dim) && (!q || aligned16(q));
@@ -635,7 +636,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = at::opmath_type<scalar_t>;
     launch_nll<scalar_t, T>(prep, ignore_index, nullptr, nullptr,
-                            result.mutable_data_ptr<scalar_t>(), scale_of<T>(scale, reduction));
+                            result.mutable_data_ptr<scalar_t>(), scale_of<T>(scale));
   });
   return in_input_layout(input, result);
 }
