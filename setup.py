@@ -97,7 +97,8 @@ def wheel_cuda_includes():
 
 
 def core_extension(compile_flags, link_flags):
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/linear_cross_entropy.cpp",
+               "csrc/python_module.cpp"]
     if not want_cuda():
         return CppExtension("pyops._C", sources, extra_compile_args={"cxx": compile_flags},
                             extra_link_args=link_flags)

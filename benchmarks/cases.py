@@ -253,12 +253,64 @@ def _requires_grad_first(inputs):
     return inputs
 
 
+# ---- linear_cross_entropy: the LM head's loss ---------------------------------------------------
+
+LCE_SHAPES = {"cpu": [(4096, 512, 32000)], "cuda": [(8192, 4096, 128256)],
+              "quick": [(512, 128, 4096)]}
+
+
+def _lce_inputs(cfg, shape, dtype):
+    n, hidden, classes = shape
+    x = (_randn((n, hidden), dtype, cfg) / hidden ** 0.25).requires_grad_()
+    w = (_randn((classes, hidden), dtype, cfg) / hidden ** 0.25).requires_grad_()
+    t = torch.randint(0, classes, (n,))
+    t[torch.rand(n) < 0.1] = -100
+    return x, w, t.to(cfg.device)
+
+
+def _gemm_floor(x, w, t):
+    """The three matmuls of the head alone (logits, input's and weight's gradients): the floor."""
+    with torch.no_grad():
+        logits = x @ w.t()
+        return logits @ w, logits.t() @ x
+
+
+def _liger_linear_cross_entropy():
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
+    return lambda x, w, t: loss(w, x, t)
+
+
+def linear_cross_entropy_cases(cfg):
+    """Forward+backward of the head: the loss and the gradients of input and weight."""
+    def grads(loss_fn):
+        return lambda x, w, t: torch.autograd.grad(loss_fn(x, w, t), (x, w))
+
+    chunked = functools.partial(TF.linear_cross_entropy,
+                                options=torch.nn.LinearCrossEntropyOptions())
+    for dtype, shape in itertools.product(cfg.dtypes, LCE_SHAPES["quick" if cfg.quick else cfg.device]):
+        n, hidden, classes = shape
+        # input and weight read, their gradients written
+        nbytes = 2 * (n + classes) * hidden * dtype.itemsize
+
+        def impls(cfg):
+            fns = _peers(cfg, TF.linear_cross_entropy, PF.linear_cross_entropy,
+                         _liger_linear_cross_entropy if cfg.device == "cuda" else None)
+            fns = {name: grads(fn) for name, fn in fns.items()}
+            fns["torch chunked"] = grads(chunked)
+            fns["gemm floor"] = _gemm_floor
+            return fns
+        yield Case("linear_cross_entropy", "fwd+bwd", dtype, shape, "ignore~10%", nbytes,
+                   lambda cfg, s=shape, d=dtype: _lce_inputs(cfg, s, d), impls)
+
+
 FAMILIES = {
     "activations": (tuple(op.name for op in TABLE if op.family == "activation"), activation_cases),
     "softmax": (tuple(op.name for op in TABLE if op.family == "softmax"), softmax_cases),
     "cross_entropy": (("cross_entropy",), cross_entropy_cases),
     "losses": (tuple(op.name for op in TABLE if op.family == "loss" and op.bench_shapes),
                loss_cases),
+    "linear_cross_entropy": (("linear_cross_entropy",), linear_cross_entropy_cases),
 }
 
 

@@ -35,6 +35,18 @@ TORCH_LIBRARY(pyops, m) {
   m.def("cross_entropy_grad_in_forward(Tensor input, Tensor target, Tensor? weight, "
         "int reduction, int ignore_index, float label_smoothing, Tensor(a!) grad_input) -> Tensor");
   m.def("scale_unless_one_(Tensor(a!) self, Tensor scale) -> ()");
+  // cross_entropy(input @ linear_weight^T + linear_bias, target), input (N, H), a chunk of
+  // positions at a time (chunk_size rows; 0: from a memory budget). _grads also returns the
+  // gradients for an upstream gradient of one ('mean', 'sum'); empty where output_mask says no.
+  m.def("linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+        "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, "
+        "int chunk_size) -> Tensor");
+  m.def("linear_cross_entropy_grads(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+        "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, "
+        "int chunk_size, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("linear_cross_entropy_backward(Tensor grad, Tensor input, Tensor linear_weight, "
+        "Tensor? linear_bias, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "float label_smoothing, int chunk_size, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("nll_loss(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "int ignore_index) -> Tensor");
   m.def("nll_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "

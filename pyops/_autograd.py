@@ -128,6 +128,32 @@ class CrossEntropyGradInForward(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+# ---- linear_cross_entropy ---------------------------------------------------------------------
+
+@register_fake("linear_cross_entropy")
+def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+      chunk_size):
+    return input.new_empty((input.shape[0],) if reduction == REDUCTION_NONE else ())
+
+
+def _linear_grads(input, linear_weight, linear_bias, mask):
+    tensors = (input, linear_weight, linear_bias)
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if wanted
+                 else input.new_empty(0) for t, wanted in zip(tensors, mask))
+
+
+@register_fake("linear_cross_entropy_grads")
+def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+      chunk_size, output_mask):
+    return (input.new_empty(()), *_linear_grads(input, linear_weight, linear_bias, output_mask))
+
+
+@register_fake("linear_cross_entropy_backward")
+def _(grad, input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+      label_smoothing, chunk_size, output_mask):
+    return _linear_grads(input, linear_weight, linear_bias, output_mask)
+
+
 # ---- nll_loss -------------------------------------------------------------------------------
 
 @register_fake("nll_loss")

@@ -11,7 +11,7 @@ from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 ops = torch.ops.pyops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
-           "nll_loss", "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+           "linear_cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
            "hinge_loss", "multi_margin_loss"]
 
 
@@ -152,6 +152,78 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                                                label_smoothing, overwrite_input)
     loss, _ = ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)
     return loss
+
+
+def _linear_checks(input, linear_weight, linear_bias):
+    """torch's own checks of F.linear_cross_entropy, with its messages; returns the classes
+    and the extra loss dims of a multi-dimensional linear_weight (C, d1, ..., H)."""
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError("expected linear_weight with dimensionality at least 2, got "
+                           f"{linear_weight.dim()}")
+    if input.shape[-1] != linear_weight.shape[-1]:
+        raise RuntimeError("expected equal input and linear_weight last dimensions (in_features), "
+                           f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively")
+    classes, extra = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (classes, *extra):
+        raise RuntimeError(f"expected linear_bias shape {(classes, *extra)}, got "
+                           f"{tuple(linear_bias.shape)}")
+    if extra and input.dim() == 1:
+        raise RuntimeError(f"K-dimensional loss defined by linear_weight shape "
+                           f"{tuple(linear_weight.shape)} requires batched input, "
+                           f"(N, {input.shape[-1]}), got unbatched input with shape "
+                           f"{tuple(input.shape)}")
+    return classes, extra
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    """torch.nn.functional.linear_cross_entropy, without the logits of all positions at once.
+
+    A chunk of positions at a time (options.batch_chunk_size rows, else a 32 MB logits buffer):
+    the logits of a chunk become their gradient in place, so 'mean' and 'sum' compute every
+    gradient in the forward (that graph backpropagates once, and not with create_graph); 'none'
+    recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype
+    and the loss is float32, as torch's linear then cross_entropy. A multi-dimensional
+    linear_weight, and a probability target that requires grad, take torch's reference path
+    (linear, then pyops' cross_entropy): their logits are materialized.
+    """
+    reduction_enum = _reduction.get_enum(reduction)
+    classes, extra = _linear_checks(input, linear_weight, linear_bias)
+    logits_shape = (*input.shape[:-1], classes, *extra)
+    soft = tuple(target.shape) == logits_shape
+    if soft and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    if extra or (soft and target.requires_grad and torch.is_grad_enabled()):
+        flat_bias = None if linear_bias is None else linear_bias.reshape(-1)
+        logits = torch.nn.functional.linear(
+            input, linear_weight.reshape(-1, input.shape[-1]), flat_bias).reshape(logits_shape)
+        return cross_entropy(logits, target, weight, ignore_index=ignore_index,
+                             reduction=reduction, label_smoothing=label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    _check_weight(weight, "linear_cross_entropy")
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    elif not soft:
+        _check_class_target_batch(input, target)
+    autocast = torch.is_autocast_enabled(input.device.type)
+    if autocast:  # linear's matmul in the autocast dtype, the loss in float32
+        low = torch.get_autocast_dtype(input.device.type)
+        input, linear_weight, linear_bias, weight = (
+            None if t is None else t.to(low) for t in (input, linear_weight, linear_bias, weight))
+    if soft:
+        target = target.to(input.dtype)
+    chunk = getattr(options, "batch_chunk_size", None) or 0
+    with torch.autocast(input.device.type, enabled=False):
+        loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
+                                        reduction_enum, ignore_index, label_smoothing, chunk)
+    if unbatched and reduction_enum == REDUCTION_NONE:
+        loss = loss.squeeze(0)
+    return loss.float() if autocast else loss
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

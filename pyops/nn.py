@@ -23,7 +23,21 @@ def _twin(op):
         "__doc__": f"torch.nn.{op.module}, computed by pyops.functional.{op.name}."})
 
 
-TWINS = [_twin(op) for op in OPS if op.module]
+class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
+    """torch.nn.LinearCrossEntropyLoss (its Linear layer and loss settings), computed by
+    pyops.functional.linear_cross_entropy: the logits of all positions are never materialized."""
+
+    def forward(self, input, target):
+        shape = (self.num_classes, *self.out_features)
+        bias = self.linear.bias
+        return F.linear_cross_entropy(
+            input, self.linear.weight.reshape(*shape, self.linear.in_features), target,
+            linear_bias=None if bias is None else bias.reshape(shape), weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options)
+
+
+TWINS = [_twin(op) for op in OPS if op.module] + [LinearCrossEntropyLoss]
 globals().update({cls.__name__: cls for cls in TWINS})
 
 

@@ -14,7 +14,7 @@ from . import functional as PF
 @dataclasses.dataclass(frozen=True)
 class Op:
     name: str                    # pyops.functional.<name>
-    family: str                  # "activation", "softmax" or "loss"
+    family: str                  # "activation", "softmax", "loss" or "head" (linear + loss)
     torch_fn: Callable           # torch's twin, called as the pyops function is
     inputs: Callable             # (shape, dtype, device, generator) -> positional arguments
     variants: tuple = ({},)      # keyword arguments to try, each a sample with every shape
@@ -24,6 +24,7 @@ class Op:
     module_extra: tuple = ()     # (keyword, value) pairs the module's forward adds, as torch's
     patches: tuple = ()          # (namespace, name): where patch() puts the pyops function
     bench_shapes: dict = dataclasses.field(default_factory=dict)  # {"cpu"|"cuda"|"quick": shapes}
+    double_backward: bool = True  # False: create_graph raises (gradients from fused kernels)
 
     @property
     def function(self):
@@ -96,6 +97,21 @@ def _hinge_reference(input, target, margin=1.0, reduction="mean"):
     return {"none": values, "mean": values.mean(), "sum": values.sum()}[reduction]
 
 
+def _hidden_weight_and_classes(shape, dtype, device, gen):
+    """shape (N, H, C), or (H, C) unbatched: input, linear_weight (C, H) and class targets,
+    every third one ignored."""
+    *positions, hidden, classes = shape
+    x = _uniform((*positions, hidden), dtype, device, gen, -1.0, 1.0)
+    w = _uniform((classes, hidden), dtype, device, gen, -1.0, 1.0)
+    return x, w, _class_targets((*positions, classes) if positions else (classes,), device, gen,
+                                -100)
+
+
+def _torch_linear_cross_entropy(input, linear_weight, target, options=None, **kwargs):
+    # torch's chunked path (options) has no label smoothing: its reference gives the same values.
+    return TF.linear_cross_entropy(input, linear_weight, target, **kwargs)
+
+
 _ACTIVATION_BENCH = {"quick": ((1 << 16,), (1 << 20,)),
                      "cpu": tuple((1 << e,) for e in (16, 18, 20, 22, 24, 26)),
                      "cuda": tuple((1 << e,) for e in (16, 20, 24, 28))}
@@ -132,6 +148,12 @@ OPS = [
        shapes=_LOSS_SHAPES, module="CrossEntropyLoss",
        module_args=("weight", "ignore_index", "reduction", "label_smoothing"),
        patches=((TF, "cross_entropy"),)),
+    Op("linear_cross_entropy", "head", _torch_linear_cross_entropy, _hidden_weight_and_classes,
+       ({}, {"reduction": "none"},
+        {"reduction": "sum", "label_smoothing": 0.1,
+         "options": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2)}),
+       shapes=((5, 3, 7), (6, 4), (0, 3, 4)), patches=((TF, "linear_cross_entropy"),),
+       double_backward=False),
     Op("nll_loss", "loss", TF.nll_loss, _log_probs_and_classes, _REDUCTIONS, shapes=_LOSS_SHAPES,
        module="NLLLoss", module_args=("weight", "ignore_index", "reduction"),
        patches=((TF, "nll_loss"),)),

@@ -164,56 +164,6 @@ void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int6
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                                 const std::optional<at::Tensor>& weight,
-                                                 int64_t reduction, int64_t ignore_index,
-                                                 double label_smoothing) {
-  constexpr const char* op = "pyops::cross_entropy";
-  check_reduction(reduction);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
-  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  const auto acc = acc_dtype(input.scalar_type());
-  const auto& s = prep.shape;
-  const int64_t positions = s.outer * s.inner;
-  auto losses = at::empty({positions}, input.options().dtype(acc));
-  const bool split = !prep.soft && label_smoothing > 0;
-  auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
-  auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
-  at::Tensor denominator;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
-    using T = acc_t<scalar_t>;
-    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
-    const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
-                            split ? smooth.mutable_data_ptr<T>() : nullptr,
-                            lse.mutable_data_ptr<T>()};
-    const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
-    const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
-    if (positions > 0 && s.dim > 0) {
-      for_each_piece<T>(s, [&](const Piece& piece) {
-        thread_local Stage<scalar_t> stage;
-        const T* x = stage.in(0, xp, piece);
-        const T* q = qp ? stage.in(1, qp, piece) : nullptr;
-        if (s.inner == 1) {
-          const int64_t p = piece.offset / s.dim;
-          ce_forward_row(x, q, p, tp ? tp[p] : 0, args, out);
-        } else {
-          const int64_t o = piece.offset / (s.dim * s.inner), j = piece.offset % s.inner;
-          ce_forward_tile(x, q, stage.stride(piece), piece.width, o * s.inner + j, tp, args, out);
-        }
-      });
-    } else {  // no positions or no classes; targets are still checked below
-      losses.zero_();
-      if (split) smooth.zero_();
-      lse.fill_(-std::numeric_limits<double>::infinity());
-    }
-    denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
-  });
-  return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep, label_smoothing),
-          lse};
-}
-
 // ---- cross_entropy backward -----------------------------------------------------------------
 
 // An ignored position's gradient is 0 * softmax: zero, or NaN where the row's log-sum-exp is
@@ -309,6 +259,73 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
   }
 }
 
+// ---- the forward, and with it the gradient --------------------------------------------------
+
+// The forward over every position. With `grad` (rows, laid out as the prepared input) each row's
+// gradient for an upstream gradient of one is also written, while the row is still in cache.
+std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t reduction,
+                                              int64_t ignore_index, double label_smoothing,
+                                              at::Tensor* grad) {
+  const at::Tensor& input = prep.input;
+  const auto acc = acc_dtype(input.scalar_type());
+  const auto& s = prep.shape;
+  const int64_t positions = s.outer * s.inner;
+  auto losses = at::empty({positions}, input.options().dtype(acc));
+  const bool split = !prep.soft && label_smoothing > 0;
+  auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
+  auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
+  at::Tensor denominator;
+  PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
+    using T = acc_t<scalar_t>;
+    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
+    denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
+    const T scale = reduction == kMean ? T(1 / denominator.item<double>()) : T(1);
+    const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
+                            split ? smooth.mutable_data_ptr<T>() : nullptr,
+                            lse.mutable_data_ptr<T>()};
+    const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
+    const scalar_t* qp = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
+    scalar_t* gp = grad ? grad->mutable_data_ptr<scalar_t>() : nullptr;
+    if (positions > 0 && s.dim > 0) {
+      for_each_piece<T>(s, [&](const Piece& piece) {
+        thread_local Stage<scalar_t> stage;
+        const T* x = stage.in(0, xp, piece);
+        const T* q = qp ? stage.in(1, qp, piece) : nullptr;
+        if (s.inner == 1) {
+          const int64_t p = piece.offset / s.dim;
+          ce_forward_row(x, q, p, tp ? tp[p] : 0, args, out);
+          if (gp) {
+            ce_backward_row(x, q, stage.out(2, gp, piece), tp ? tp[p] : 0, scale, out.lse[p], args);
+            stage.store(2, gp, piece);
+          }
+        } else {
+          const int64_t o = piece.offset / (s.dim * s.inner), j = piece.offset % s.inner;
+          ce_forward_tile(x, q, stage.stride(piece), piece.width, o * s.inner + j, tp, args, out);
+        }
+      });
+    } else {  // no positions or no classes; targets are still checked above
+      losses.zero_();
+      if (split) smooth.zero_();
+      lse.fill_(-std::numeric_limits<double>::infinity());
+    }
+  });
+  return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep, label_smoothing),
+          lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 int64_t reduction, int64_t ignore_index,
+                                                 double label_smoothing) {
+  constexpr const char* op = "pyops::cross_entropy";
+  check_reduction(reduction);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  return ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
+}
+
 // The kernels of cross_entropy_backward's host code (loss_inputs.h).
 struct CrossEntropyKernels {
   static at::Tensor scale(const at::Tensor& grad, int64_t reduction, const Prepared& prep,
@@ -353,13 +370,21 @@ struct CrossEntropyKernels {
   }
 };
 
-// The composition of the two kernels on CPU: the logits are read twice.
+// One pass where positions are rows of the input's own memory (the gradient written row by row
+// while the row is in cache); otherwise the forward and the backward kernels in turn.
 at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
                                          const std::optional<at::Tensor>& weight,
                                          int64_t reduction, int64_t ignore_index,
                                          double label_smoothing, at::Tensor& grad_input) {
+  constexpr const char* op = "pyops::cross_entropy_grad_in_forward";
   check_grad_in_forward(input, reduction, grad_input);
-  auto [loss, lse] = cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing);
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+  const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  if (prep.shape.inner == 1 && prep.input.is_same(input) && grad_input.strides() == input.strides()) {
+    return std::get<0>(ce_forward(prep, reduction, ignore_index, label_smoothing, &grad_input));
+  }
+  auto [loss, lse] = ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
   grad_input.copy_(::pyops::cross_entropy_backward<Backend, CrossEntropyKernels>(
       at::ones({}, loss.options()), input, target, weight, reduction, ignore_index,
       label_smoothing, lse));

@@ -1,0 +1,259 @@
+// linear_cross_entropy: cross_entropy(input @ linear_weight^T + linear_bias, target) without the
+// logits of all positions at once. A chunk of positions at a time, its logits go into one reused
+// buffer (ATen's matmul: oneDNN/MKL on CPU, cuBLAS on CUDA), the fused cross-entropy kernel turns
+// them into their gradient in place, and two more matmuls give the chunk's share of the input's,
+// weight's and bias' gradients. Host code only (ATen and pyops operators through the
+// dispatcher), the same for every backend.
+#include "loss_inputs.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <array>
+
+namespace pyops {
+namespace {
+
+using at::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+using Mask = std::array<bool, 3>;  // gradients wanted: input, linear_weight, linear_bias
+
+// Logits per chunk at most this many bytes, when the caller gives no chunk size.
+constexpr int64_t kChunkBytes = int64_t{32} << 20;
+
+struct Args {
+  const Tensor& input;          // (N, H)
+  const Tensor& linear_weight;  // (C, H)
+  const OptionalTensor& linear_bias;
+  const Tensor& target;         // (N) class indices or (N, C) probabilities
+  const OptionalTensor& weight;
+  int64_t reduction, ignore_index;
+  double label_smoothing;
+  int64_t chunk_size;
+
+  int64_t rows() const { return input.size(0); }
+  int64_t classes() const { return linear_weight.size(0); }
+  bool soft() const { return target.is_floating_point(); }
+  const Tensor* bias() const {
+    return linear_bias && linear_bias->defined() ? &*linear_bias : nullptr;
+  }
+  int64_t chunk() const {
+    if (chunk_size > 0) return chunk_size;
+    return std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, classes() * input.element_size()));
+  }
+};
+
+constexpr const char* kOp = "pyops::linear_cross_entropy";
+
+void check(const Args& a) {
+  check_reduction(a.reduction);
+  TORCH_CHECK(a.input.dim() == 2 && a.linear_weight.dim() == 2, kOp,
+              ": expected input (N, H) and linear_weight (C, H), got ", shape_str(a.input.sizes()),
+              " and ", shape_str(a.linear_weight.sizes()));
+  TORCH_CHECK(a.input.size(1) == a.linear_weight.size(1), kOp,
+              ": expected equal input and linear_weight last dimensions, got ",
+              num_str(a.input.size(1)), " and ", num_str(a.linear_weight.size(1)));
+  TORCH_CHECK(a.input.scalar_type() == a.linear_weight.scalar_type() &&
+                  (!a.bias() || a.bias()->scalar_type() == a.input.scalar_type()),
+              kOp, ": input, linear_weight and linear_bias must have one dtype");
+  TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kOp,
+              ": expected linear_bias of shape [", num_str(a.classes()), "], got ",
+              shape_str(a.bias()->sizes()));
+  const bool target_fits = a.soft() ? (a.target.dim() == 2 && a.target.size(0) == a.rows() &&
+                                        a.target.size(1) == a.classes())
+                                     : (a.target.dim() == 1 && a.target.size(0) == a.rows());
+  TORCH_CHECK(target_fits,
+              kOp, ": expected target of shape [", num_str(a.rows()), "] (class indices) or [",
+              num_str(a.rows()), ", ", num_str(a.classes()), "] (probabilities), got ",
+              shape_str(a.target.sizes()));
+}
+
+// pyops::<kName> through the dispatcher, looked up once.
+template <const char* kName, typename Signature>
+const c10::TypedOperatorHandle<Signature>& op() {
+  static const auto handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").template typed<Signature>();
+  return handle;
+}
+
+constexpr char kCrossEntropy[] = "pyops::cross_entropy";
+constexpr char kGradInForward[] = "pyops::cross_entropy_grad_in_forward";
+constexpr char kCrossEntropyBackward[] = "pyops::cross_entropy_backward";
+
+using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                   const OptionalTensor&, int64_t, int64_t, double);
+using GradInForwardSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t,
+                                int64_t, double, Tensor&);
+using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                       const OptionalTensor&, int64_t, int64_t, double,
+                                       const Tensor&);
+
+// Runs fn(first row, rows, logits of those rows) chunk by chunk; the logits live in one buffer.
+template <typename Fn>
+void for_each_chunk(const Args& a, const Fn& fn) {
+  const int64_t n = a.rows(), step = std::min(a.chunk(), std::max<int64_t>(n, 1));
+  Tensor buffer = at::empty({step, a.classes()}, a.input.options());
+  const auto w_t = a.linear_weight.t();
+  for (int64_t r = 0; r < n; r += step) {
+    const int64_t rows = std::min(step, n - r);
+    auto logits = buffer.narrow(0, 0, rows);
+    const auto x = a.input.narrow(0, r, rows);
+    if (a.bias()) {
+      at::addmm_out(logits, *a.bias(), x, w_t);
+    } else {
+      at::mm_out(logits, x, w_t);
+    }
+    fn(r, rows, logits);
+  }
+}
+
+Tensor target_rows(const Args& a, int64_t r, int64_t rows) { return a.target.narrow(0, r, rows); }
+
+// The 'mean' denominator, as cross_entropy's: the positions for probabilities, else the summed
+// weights of the targets not ignored. A tensor, so no host synchronisation.
+Tensor mean_denominator(const Args& a) {
+  const auto opts = a.input.options().dtype(at::kDouble);
+  if (a.soft()) return at::scalar_tensor(static_cast<double>(a.rows()), opts);
+  const auto kept = a.target != a.ignore_index;
+  if (!a.weight || !a.weight->defined()) return kept.sum(at::kDouble);
+  const auto safe = at::where(kept, a.target, at::zeros({}, a.target.options()));
+  return at::where(kept, a.weight->to(at::kDouble).index_select(0, safe),
+                   at::zeros({}, opts)).sum();
+}
+
+// The gradients of the matmuls, accumulated chunk by chunk; the weight's and the bias' in float32
+// for half types.
+struct Gradients {
+  Mask mask;
+  Tensor input, weight, bias, weight_product;  // weight_product: a half-type chunk's, on CPU
+
+  Gradients(const Args& a, const Mask& m) : mask(m) {
+    const auto acc = acc_dtype(a.input.scalar_type());
+    const auto none = at::empty({0}, a.input.options());
+    input = m[0] ? at::empty_like(a.input, at::MemoryFormat::Contiguous) : none;
+    weight = m[1] ? at::zeros(a.linear_weight.sizes(), a.input.options().dtype(acc)) : none;
+    bias = m[2] ? at::zeros({a.classes()}, a.input.options().dtype(acc)) : none;
+  }
+
+  void add(const Args& a, int64_t r, int64_t rows, const Tensor& grad_logits) {
+    const auto x = a.input.narrow(0, r, rows);
+    if (mask[0]) {
+      auto rows_of = input.narrow(0, r, rows);
+      at::mm_out(rows_of, grad_logits, a.linear_weight);
+    }
+    if (mask[1]) {
+      const auto g_t = grad_logits.t();
+      if (weight.scalar_type() == x.scalar_type()) {
+        weight.addmm_(g_t, x);
+      } else if (weight.is_cuda()) {  // cuBLAS accumulates half products into float32
+        at::addmm_out(weight, weight, g_t, x, weight.scalar_type());
+      } else {  // CPU matmuls have no float32 output for half inputs: round each chunk once
+        if (!weight_product.defined()) weight_product = at::empty(weight.sizes(), x.options());
+        at::mm_out(weight_product, g_t, x);
+        weight.add_(weight_product);
+      }
+    }
+    if (mask[2]) bias.add_(grad_logits.sum(0, false, bias.scalar_type()));
+  }
+
+  // In the parameters' dtypes, divided by the 'mean' denominator where given. A denominator of
+  // 0 (every target ignored) leaves the zero gradients as they are, as in torch.
+  std::tuple<Tensor, Tensor, Tensor> finish(const Args& a, const Tensor& denominator) {
+    const auto divisor = denominator.defined()
+        ? at::where(denominator == 0, at::ones_like(denominator), denominator) : Tensor();
+    const auto finish_one = [&](Tensor& g, at::ScalarType dtype) {
+      if (divisor.defined() && g.numel()) g.div_(divisor);
+      return g.scalar_type() == dtype ? g : g.to(dtype);
+    };
+    const auto dtype = a.input.scalar_type();
+    return {finish_one(input, dtype), finish_one(weight, dtype), finish_one(bias, dtype)};
+  }
+};
+
+Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
+                            const OptionalTensor& linear_bias, const Tensor& target,
+                            const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
+                            double label_smoothing, int64_t chunk_size) {
+  const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+               label_smoothing, chunk_size};
+  check(a);
+  const auto& ce = op<kCrossEntropy, CrossEntropySig>();
+  if (reduction == kNone) {
+    auto losses = at::empty({a.rows()}, input.options());
+    for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
+      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(
+          logits, target_rows(a, r, rows), weight, kNone, ignore_index, label_smoothing)));
+    });
+    return losses;
+  }
+  auto total = at::zeros({}, input.options().dtype(at::kDouble));
+  for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
+    total.add_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
+                                   label_smoothing)));
+  });
+  return (reduction == kMean ? total / mean_denominator(a) : total).to(input.scalar_type());
+}
+
+// The loss of 'mean' or 'sum' and its gradients for an upstream gradient of one: each chunk's
+// logits become their gradient in place as the loss is computed.
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
+    const Tensor& input, const Tensor& linear_weight, const OptionalTensor& linear_bias,
+    const Tensor& target, const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
+    double label_smoothing, int64_t chunk_size, Mask mask) {
+  const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+               label_smoothing, chunk_size};
+  check(a);
+  TORCH_CHECK(reduction != kNone, kOp, ": gradients in the forward need reduction 'mean' or 'sum'");
+  const auto& fused = op<kGradInForward, GradInForwardSig>();
+  Gradients grads(a, mask);
+  auto total = at::zeros({}, input.options().dtype(at::kDouble));
+  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
+    total.add_(fused.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
+                          label_smoothing, logits));
+    grads.add(a, r, rows, logits);
+  });
+  const auto denominator = reduction == kMean ? mean_denominator(a) : Tensor();
+  auto [gi, gw, gb] = grads.finish(a, denominator);
+  const auto loss = denominator.defined() ? total / denominator : total;
+  return {loss.to(input.scalar_type()), gi, gw, gb};
+}
+
+// The gradients for any upstream gradient, recomputing the logits chunk by chunk.
+std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
+    const Tensor& grad, const Tensor& input, const Tensor& linear_weight,
+    const OptionalTensor& linear_bias, const Tensor& target, const OptionalTensor& weight,
+    int64_t reduction, int64_t ignore_index, double label_smoothing, int64_t chunk_size,
+    Mask mask) {
+  const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+               label_smoothing, chunk_size};
+  check(a);
+  check_upstream_grad(grad, reduction, a.rows());
+  const auto& ce = op<kCrossEntropy, CrossEntropySig>();
+  const auto& backward = op<kCrossEntropyBackward, CrossEntropyBackwardSig>();
+  Gradients grads(a, mask);
+  const auto up = reduction == kNone ? grad.reshape({-1}) : grad.reshape({});
+  for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
+    const auto t = target_rows(a, r, rows);
+    const auto lse = std::get<1>(ce.call(logits, t, weight, kNone, ignore_index, label_smoothing));
+    const auto g = reduction == kNone ? up.narrow(0, r, rows) : up.expand({rows});
+    grads.add(a, r, rows,
+              backward.call(g, logits, t, weight, kNone, ignore_index, label_smoothing, lse));
+  });
+  return grads.finish(a, reduction == kMean ? mean_denominator(a) : Tensor());
+}
+
+}  // namespace
+}  // namespace pyops
+
+// The same host code serves every backend: the kernels it reaches are the backend's.
+TORCH_LIBRARY_IMPL(pyops, CPU, m) {
+  m.impl("linear_cross_entropy", &pyops::linear_cross_entropy);
+  m.impl("linear_cross_entropy_grads", &pyops::linear_cross_entropy_grads);
+  m.impl("linear_cross_entropy_backward", &pyops::linear_cross_entropy_backward);
+}
+
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
+  m.impl("linear_cross_entropy", &pyops::linear_cross_entropy);
+  m.impl("linear_cross_entropy_grads", &pyops::linear_cross_entropy_grads);
+  m.impl("linear_cross_entropy_backward", &pyops::linear_cross_entropy_backward);
+}
