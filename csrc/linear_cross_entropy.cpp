@@ -18,8 +18,9 @@ using at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
 using Mask = std::array<bool, 3>;  // gradients wanted: input, linear_weight, linear_bias
 
-// Logits per chunk at most this many bytes, when the caller gives no chunk size.
-constexpr int64_t kChunkBytes = int64_t{32} << 20;
+// A chunk's buffers (its logits, and a CPU half-type chunk's weight gradient) at most this many
+// bytes, when the caller gives no chunk size: matmuls of fewer rows run markedly slower.
+constexpr int64_t kChunkBytes = int64_t{64} << 20;
 
 struct Args {
   const Tensor& input;          // (N, H)
@@ -39,31 +40,34 @@ struct Args {
   }
   int64_t chunk() const {
     if (chunk_size > 0) return chunk_size;
-    return std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, classes() * input.element_size()));
+    const bool product = input.is_cpu() && acc_dtype(input.scalar_type()) != input.scalar_type();
+    const int64_t product_bytes = product ? linear_weight.numel() * input.element_size() : 0;
+    const int64_t budget = std::max(kChunkBytes / 4, kChunkBytes - product_bytes);
+    return std::max<int64_t>(1, budget / std::max<int64_t>(1, classes() * input.element_size()));
   }
 };
 
-constexpr const char* kOp = "pyops::linear_cross_entropy";
+constexpr const char* kName = "pyops::linear_cross_entropy";
 
 void check(const Args& a) {
   check_reduction(a.reduction);
-  TORCH_CHECK(a.input.dim() == 2 && a.linear_weight.dim() == 2, kOp,
+  TORCH_CHECK(a.input.dim() == 2 && a.linear_weight.dim() == 2, kName,
               ": expected input (N, H) and linear_weight (C, H), got ", shape_str(a.input.sizes()),
               " and ", shape_str(a.linear_weight.sizes()));
-  TORCH_CHECK(a.input.size(1) == a.linear_weight.size(1), kOp,
+  TORCH_CHECK(a.input.size(1) == a.linear_weight.size(1), kName,
               ": expected equal input and linear_weight last dimensions, got ",
               num_str(a.input.size(1)), " and ", num_str(a.linear_weight.size(1)));
   TORCH_CHECK(a.input.scalar_type() == a.linear_weight.scalar_type() &&
                   (!a.bias() || a.bias()->scalar_type() == a.input.scalar_type()),
-              kOp, ": input, linear_weight and linear_bias must have one dtype");
-  TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kOp,
+              kName, ": input, linear_weight and linear_bias must have one dtype");
+  TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kName,
               ": expected linear_bias of shape [", num_str(a.classes()), "], got ",
               shape_str(a.bias()->sizes()));
   const bool target_fits = a.soft() ? (a.target.dim() == 2 && a.target.size(0) == a.rows() &&
                                         a.target.size(1) == a.classes())
                                      : (a.target.dim() == 1 && a.target.size(0) == a.rows());
   TORCH_CHECK(target_fits,
-              kOp, ": expected target of shape [", num_str(a.rows()), "] (class indices) or [",
+              kName, ": expected target of shape [", num_str(a.rows()), "] (class indices) or [",
               num_str(a.rows()), ", ", num_str(a.classes()), "] (probabilities), got ",
               shape_str(a.target.sizes()));
 }
@@ -203,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
-  TORCH_CHECK(reduction != kNone, kOp, ": gradients in the forward need reduction 'mean' or 'sum'");
+  TORCH_CHECK(reduction != kNone, kName, ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
   Gradients grads(a, mask);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));

@@ -41,6 +41,12 @@ def _probs(*shape, dim=1):
 # ATen's grain of 32768 elements). name -> (operator, fn() returning the call's result).
 # Each path of a kernel gets its own case: rows, column tiles, few rows longer than a thread's
 # share (split within the row), half types.
+def _head():
+    """input (300, 64), linear_weight (1000, 64), linear_bias and targets of a linear_cross_entropy."""
+    return (_rand(300, 64, low=-1, high=1), _rand(1000, 64, seed=1, low=-1, high=1),
+            _rand(1000, seed=2), _targets((300,), 1000))
+
+
 N = 5 << 15  # five of the losses' 32768-element sum blocks: one for each of three threads
 CASES = {
     "sigmoid_bf16": ("sigmoid", lambda: ops.sigmoid(_rand(N, dtype=torch.bfloat16))),
@@ -81,6 +87,18 @@ CASES = {
         lambda x: (ops.cross_entropy_grad_in_forward(
             x, _targets((256,), 1000), None, MEAN, -100, 0.0, g := torch.empty_like(x)), g))(
         _rand(256, 1000))),
+    "cross_entropy_grad_in_forward_in_place_bf16": ("cross_entropy_grad_in_forward", lambda: (
+        lambda x: (ops.cross_entropy_grad_in_forward(
+            x, _targets((256,), 1000), None, SUM, -100, 0.1, x), x))(
+        _rand(256, 1000, dtype=torch.bfloat16))),
+    # host code: ATen's matmuls and the cross-entropy kernels, a chunk of 128 rows at a time
+    "linear_cross_entropy": ("linear_cross_entropy", lambda: ops.linear_cross_entropy(
+        *_head(), None, NONE, -100, 0.1, 128)),
+    "linear_cross_entropy_grads": ("linear_cross_entropy_grads", lambda: ops.linear_cross_entropy_grads(
+        *_head(), None, MEAN, -100, 0.1, 128, [True, True, True])),
+    "linear_cross_entropy_backward": ("linear_cross_entropy_backward",
+                                      lambda: ops.linear_cross_entropy_backward(
+        _rand(300, seed=4), *_head(), None, NONE, -100, 0.0, 128, [True, True, True])),
     "nll_loss": ("nll_loss", lambda: ops.nll_loss(_heavy(N, 3), _targets((N,), 3), None, SUM, -100)),
     "nll_loss_mean": ("nll_loss", lambda: ops.nll_loss(_heavy(N, 3), _targets((N,), 3), _rand(3, high=2), MEAN, -100)),
     "nll_loss_backward": ("nll_loss_backward", lambda: ops.nll_loss_backward(

@@ -1,0 +1,1 @@
+"""pyops inside other libraries' models: `pyops.integrations.transformers.apply(model)`."""
