@@ -49,8 +49,11 @@ HEADER = ["op", "dir", "dtype", "shape", "setting", "impl", "median", "GB/s", "%
           "peak extra", "vs torch"]
 
 
-def table_rows(records):
-    """One row per implementation; the fastest of each case carries a '*'."""
+def table_rows(records, notes=None):
+    """One row per implementation; the fastest of each case carries a '*'. Why an
+    implementation could not run is a numbered footnote appended to `notes` (the same reason,
+    the same number), not a wider column."""
+    notes = [] if notes is None else notes
     rows = []
     for (op, direction, dtype, shape, params, threads, huge), group in _rows_by_case(records).items():
         timed = [r for r in group if r["median_s"] is not None]
@@ -58,7 +61,9 @@ def table_rows(records):
         for r in group:
             name = r["impl"] + (" *" if r is best and len(timed) > 1 else "")
             if r.get("missing"):
-                name += f" (missing: {r['missing'][:60]})"
+                if r["missing"] not in notes:
+                    notes.append(r["missing"])
+                name += f" [{notes.index(r['missing']) + 1}]"
             rows.append([
                 op, direction, dtype, shape + (f" {params}" if params else ""),
                 setting(threads, huge), name,
@@ -71,12 +76,17 @@ def table_rows(records):
     return rows
 
 
+def _footnotes(notes):
+    return [f"[{i}] not run: {note}" for i, note in enumerate(notes, 1)]
+
+
 def text_table(records):
-    rows = [HEADER] + table_rows(records)
+    notes = []
+    rows = [HEADER] + table_rows(records, notes)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEADER))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + _footnotes(notes))
 
 
 def markdown_report(results):
@@ -102,7 +112,10 @@ def markdown_report(results):
     for op, records in by_op.items():
         out += ["", f"## {op}", "", "| " + " | ".join(HEADER) + " |",
                 "|" + "---|" * len(HEADER)]
-        out += ["| " + " | ".join(row) + " |" for row in table_rows(records)]
+        notes = []
+        out += ["| " + " | ".join(row) + " |" for row in table_rows(records, notes)]
+        if notes:
+            out += [""] + [f"{note}  " for note in _footnotes(notes)]
     return "\n".join(out) + "\n"
 
 
@@ -177,7 +190,8 @@ def scaling_markdown(records):
 
 
 def write_plots(results, out_dir):
-    """Bandwidth against size per op (a panel per setting, a line per implementation) and
+    """Bandwidth against bytes moved per op (a panel per dtype and setting, a marker per
+    implementation, each point labelled with its shape: shapes are not a series to join) and
     speed-up bars (a bar per setting).
 
     Returns the files written, or [] when matplotlib is missing."""
@@ -194,28 +208,35 @@ def write_plots(results, out_dir):
         if r["gbps"] is not None:
             by_op.setdefault(r["op"], []).append(r)
     for op, records in by_op.items():
-        fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings) + 1, 4),
-                                 sharey=True, squeeze=False)
-        for ax, st in zip(axes[0], settings):
-            lines = collections.OrderedDict()
+        dtypes = list(dict.fromkeys(r["dtype"] for r in records))
+        panels = [(dt, st) for st in settings for dt in dtypes]
+        fig, axes = plt.subplots(len(settings), len(dtypes), sharey=True, squeeze=False,
+                                 figsize=(4.5 * len(dtypes) + 1, 3.6 * len(settings) + 0.6))
+        markers = {}
+        for ax, (dtype, st) in zip(axes.flat, panels):
+            labelled = set()
             for r in records:
-                if (r.get("threads"), r.get("huge_pages")) == st:
-                    lines.setdefault((r["impl"], r["direction"], r["dtype"]), []).append(
-                        (r["bytes"], r["gbps"]))
-            for (impl, direction, dtype), pts in lines.items():
-                pts.sort()
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                        label=f"{impl} {direction} {dtype}")
+                if r["dtype"] != dtype or (r.get("threads"), r.get("huge_pages")) != st:
+                    continue
+                key = f"{r['impl']} {r['direction']}"
+                marker = markers.setdefault(key, "os^vD<>ph*"[len(markers) % 10])
+                ax.plot(r["bytes"], r["gbps"], marker, color=f"C{list(markers).index(key)}",
+                        label=key if key not in ax.get_legend_handles_labels()[1] else None)
+                if (r["shape"], r["bytes"]) not in labelled:  # once per point of a shape
+                    labelled.add((r["shape"], r["bytes"]))
+                    ax.annotate(r["shape"], (r["bytes"], r["gbps"]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points")
             ax.axhline(results["copy_gbps"], color="gray", linestyle="--", label="copy")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("bytes moved (minimum)")
-            ax.set_title(setting(*st), fontsize=9)
-        axes[0][0].set_ylabel("GB/s")
-        axes[0][-1].legend(fontsize=6)
+            ax.set_title(f"{dtype}, {setting(*st)}", fontsize=9)
+            ax.legend(fontsize=6)
+        for row in axes:
+            row[0].set_ylabel("GB/s")
         fig.suptitle(f"{op}: bandwidth")
         path = out_dir / f"bandwidth_{op}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     rows = summary(results["records"])
@@ -237,7 +258,7 @@ def write_plots(results, out_dir):
         ax.legend(fontsize=7)
         path = out_dir / "speedup.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # the axis label inside the image
         plt.close(fig)
         written.append(path)
     return written

@@ -7,6 +7,7 @@
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
 #include <torch/library.h>
 
 #include <array>
@@ -19,8 +20,9 @@ using OptionalTensor = std::optional<Tensor>;
 using Mask = std::array<bool, 3>;  // gradients wanted: input, linear_weight, linear_bias
 
 // A chunk's buffers (its logits, and a CPU half-type chunk's weight gradient) at most this many
-// bytes, when the caller gives no chunk size: matmuls of fewer rows run markedly slower.
-constexpr int64_t kChunkBytes = int64_t{64} << 20;
+// bytes, when the caller gives no chunk size: 64 MB in all with the matmuls' own workspace.
+// Matmuls of fewer rows run markedly slower.
+constexpr int64_t kChunkBytes = int64_t{56} << 20;
 
 struct Args {
   const Tensor& input;          // (N, H)
@@ -60,6 +62,10 @@ void check(const Args& a) {
   TORCH_CHECK(a.input.scalar_type() == a.linear_weight.scalar_type() &&
                   (!a.bias() || a.bias()->scalar_type() == a.input.scalar_type()),
               kName, ": input, linear_weight and linear_bias must have one dtype");
+  TORCH_CHECK(!a.weight || !a.weight->defined() ||
+                  a.weight->scalar_type() == a.input.scalar_type(),
+              kName, ": expected weight of dtype ", a.input.scalar_type(), ", got ",
+              a.weight->scalar_type());
   TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kName,
               ": expected linear_bias of shape [", num_str(a.classes()), "], got ",
               shape_str(a.bias()->sizes()));
@@ -174,6 +180,35 @@ struct Gradients {
   }
 };
 
+// Whether this CPU has instructions for matmuls in the half type `dtype`: without them oneDNN
+// emulates those matmuls, several times slower than float32's (10-60x here, by layout).
+bool native_cpu_matmul(at::ScalarType dtype) {
+  static const auto caps = at::cpu::get_cpu_capabilities();
+  const auto has = [](const char* name) {
+    const auto it = caps.find(name);
+    return it != caps.end() && it->second.isBool() && it->second.toBool();
+  };
+  return dtype == at::kBFloat16 ? has("avx512_bf16") || has("amx_bf16")
+                                : has("avx512_fp16") || has("amx_fp16");
+}
+
+// There the head computes in float32 and rounds its results once (the inputs widened: more
+// memory, but more accurate than torch's half logits, and faster than torch).
+bool widen(const Tensor& input) {
+  return input.is_cpu() && at::isReducedFloatingType(input.scalar_type()) &&
+         !native_cpu_matmul(input.scalar_type());
+}
+
+Tensor wide(const Tensor& t) { return t.is_floating_point() ? t.to(at::kFloat) : t; }
+OptionalTensor wide(const OptionalTensor& t) {
+  return t && t->defined() ? OptionalTensor(wide(*t)) : t;
+}
+
+template <typename... T>
+std::tuple<T...> narrowed(std::tuple<T...> results, at::ScalarType dtype) {
+  return std::apply([&](auto&... r) { return std::tuple<T...>{r.to(dtype)...}; }, results);
+}
+
 Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
                             const OptionalTensor& linear_bias, const Tensor& target,
                             const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
@@ -181,6 +216,11 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
+  if (widen(input)) {
+    return linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
+                                wide(weight), reduction, ignore_index, label_smoothing,
+                                chunk_size).to(input.scalar_type());
+  }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   if (reduction == kNone) {
     auto losses = at::empty({a.rows()}, input.options());
@@ -207,6 +247,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
+  if (widen(input)) {
+    return narrowed(linear_cross_entropy_grads(wide(input), wide(linear_weight), wide(linear_bias),
+                                               wide(target), wide(weight), reduction, ignore_index,
+                                               label_smoothing, chunk_size, mask),
+                    input.scalar_type());
+  }
   TORCH_CHECK(reduction != kNone, kName, ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
   Gradients grads(a, mask);
@@ -231,6 +277,13 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
+  if (widen(input)) {
+    return narrowed(linear_cross_entropy_backward(wide(grad), wide(input), wide(linear_weight),
+                                                  wide(linear_bias), wide(target), wide(weight),
+                                                  reduction, ignore_index, label_smoothing,
+                                                  chunk_size, mask),
+                    input.scalar_type());
+  }
   check_upstream_grad(grad, reduction, a.rows());
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   const auto& backward = op<kCrossEntropyBackward, CrossEntropyBackwardSig>();

@@ -181,7 +181,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                          reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
     """torch.nn.functional.linear_cross_entropy, without the logits of all positions at once.
 
-    A chunk of positions at a time (options.batch_chunk_size rows, else buffers of 64 MB):
+    A chunk of positions at a time (options.batch_chunk_size rows, else buffers of 56 MB):
     the logits of a chunk become their gradient in place, so 'mean' and 'sum' compute every
     gradient in the forward (that graph backpropagates once, and not with create_graph); 'none'
     recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype

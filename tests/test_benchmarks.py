@@ -88,3 +88,21 @@ def test_timing_runs_at_the_thread_count_set():
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {3}
+
+
+def test_a_missing_peer_is_a_footnote():
+    from benchmarks import report
+
+    def record(impl, missing=None):
+        return {"op": "cross_entropy", "direction": "fwd", "dtype": "float32", "shape": "32x1000",
+                "params": "", "impl": impl, "threads": 2, "huge_pages": False, "bytes": 1,
+                "median_s": None if missing else 1e-3, "iqr_s": 0.0, "gbps": 1.0, "pct_copy": 1.0,
+                "peak_extra_bytes": 0, "ratio_vs_torch": 1.0, "missing": missing}
+    reason = "Liger Kernel: ImportError: " + "x" * 200
+    records = [record("torch"), record("liger", reason), record("liger2", reason)]
+    table = report.text_table(records).splitlines()
+    assert "liger [1]" in table[3] and "liger2 [1]" in table[4]
+    assert table[-1] == f"[1] not run: {reason}"
+    assert max(len(line) for line in table[:-1]) < 150  # the reason does not widen a column
+    markdown = report.markdown_report({"machine": {}, "copy_gbps": 1.0, "records": records})
+    assert f"[1] not run: {reason}" in markdown

@@ -151,6 +151,8 @@ def test_upstream_gradient_scales_reduced_gradients():
     (lambda F, x, w, t: F.linear_cross_entropy(x, w, t, reduction="avg"), ValueError),
     (lambda F, x, w, t: F.linear_cross_entropy(x, w, t.clamp(min=0) + 100), (RuntimeError, IndexError)),
     (lambda F, x, w, t: F.linear_cross_entropy(x, w.float(), t), RuntimeError),   # dtypes
+    (lambda F, x, w, t: F.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, weight=w[:, 0]),
+     RuntimeError),  # class weight's dtype, also where half inputs compute in float32
     (lambda F, x, w, t: F.linear_cross_entropy(
         x, w, torch.softmax(x @ w.t(), 1), ignore_index=0), RuntimeError),
 ])
