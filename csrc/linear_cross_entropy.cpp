@@ -253,7 +253,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
                                                label_smoothing, chunk_size, mask),
                     input.scalar_type());
   }
-  TORCH_CHECK(reduction != kNone, kName, ": gradients in the forward need reduction 'mean' or 'sum'");
+  TORCH_CHECK(reduction != kNone, kName,
+              ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
   Gradients grads(a, mask);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));

@@ -1,5 +1,6 @@
 """Drop-in replacements for torch.nn.functional, backed by the pyops operators."""
 
+import contextlib
 import functools
 import warnings
 
@@ -11,7 +12,8 @@ from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 ops = torch.ops.pyops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
-           "linear_cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
+           "linear_cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
+           "binary_cross_entropy",
            "hinge_loss", "multi_margin_loss"]
 
 
@@ -218,7 +220,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if soft:
         target = target.to(input.dtype)
     chunk = getattr(options, "batch_chunk_size", None) or 0
-    with torch.autocast(input.device.type, enabled=False):
+    # autocast off inside: the kernels reached take what they are given
+    with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
         loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
                                         reduction_enum, ignore_index, label_smoothing, chunk)
     if unbatched and reduction_enum == REDUCTION_NONE:

@@ -23,7 +23,8 @@ def _problem(n, h, c, dtype, device, soft=False, bias=False, seed=0):
     else:
         t = torch.randint(0, c, (n,), generator=gen)
         t[::4] = -100
-    cast = lambda v: None if v is None else v.to(device, dtype if v.is_floating_point() else None)  # noqa: E731
+    def cast(v):
+        return None if v is None else v.to(device, dtype if v.is_floating_point() else None)
     return cast(x), cast(w), cast(b), cast(t)
 
 
@@ -58,7 +59,8 @@ def test_matches_torch(device, dtype, kwargs, chunk, bias):
     if "ignore_index" in kwargs:
         t = t.where(t != -100, kwargs["ignore_index"])
     if kwargs.get("weight") == "classes":
-        kwargs["weight"] = torch.rand(37, generator=torch.Generator().manual_seed(2)).to(device, dtype) + 0.5
+        gen = torch.Generator().manual_seed(2)
+        kwargs["weight"] = torch.rand(37, generator=gen).to(device, dtype) + 0.5
     ours = _run(PF.linear_cross_entropy, x, w, b, t,
                 {**kwargs, "options": Options(batch_chunk_size=chunk) if chunk else None}, dtype)
     theirs = _run(TF.linear_cross_entropy, x, w, b, t, kwargs, dtype)
@@ -118,7 +120,8 @@ def test_multidimensional_weight_follows_torch():
     ours = PF.linear_cross_entropy(x, w, t, label_smoothing=0.1)
     theirs = TF.linear_cross_entropy(x, w, t, label_smoothing=0.1)
     torch.testing.assert_close(ours, theirs)
-    torch.testing.assert_close(torch.autograd.grad(ours, (x, w)), torch.autograd.grad(theirs, (x, w)))
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w)),
+                               torch.autograd.grad(theirs, (x, w)))
 
 
 def test_retained_graph_gives_the_same_gradients_and_create_graph_is_refused():
@@ -149,7 +152,8 @@ def test_upstream_gradient_scales_reduced_gradients():
     (lambda F, x, w, t: F.linear_cross_entropy(x, w, t, linear_bias=w[0]), RuntimeError),
     (lambda F, x, w, t: F.linear_cross_entropy(x, w, t[1:]), ValueError),          # batch
     (lambda F, x, w, t: F.linear_cross_entropy(x, w, t, reduction="avg"), ValueError),
-    (lambda F, x, w, t: F.linear_cross_entropy(x, w, t.clamp(min=0) + 100), (RuntimeError, IndexError)),
+    (lambda F, x, w, t: F.linear_cross_entropy(x, w, t.clamp(min=0) + 100),
+     (RuntimeError, IndexError)),  # a target out of range
     (lambda F, x, w, t: F.linear_cross_entropy(x, w.float(), t), RuntimeError),   # dtypes
     (lambda F, x, w, t: F.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, weight=w[:, 0]),
      RuntimeError),  # class weight's dtype, also where half inputs compute in float32
@@ -194,3 +198,16 @@ def test_autocast_runs_the_matmul_low_and_the_loss_in_float32():
     exact = TF.linear_cross_entropy(x.bfloat16().double(), w.bfloat16().double(), t)
     eps = torch.finfo(torch.bfloat16).eps
     assert abs(ours.double() - exact) <= abs(theirs.double() - exact) + 4 * eps * exact
+
+
+def test_export():
+    x, w, b, t = _problem(6, 8, 10, torch.float32, "cpu", bias=True)
+
+    class Head(torch.nn.Module):
+        def forward(self, x, w, b, t):
+            return PF.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1)
+
+    program = torch.export.export(Head(), (x, w, b, t))
+    assert any("pyops.linear_cross_entropy" in str(n.target) for n in program.graph.nodes)
+    torch.testing.assert_close(program.module()(x, w, b, t),
+                               TF.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1))

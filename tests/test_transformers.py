@@ -77,8 +77,8 @@ def test_num_items_in_batch_as_the_trainer_passes_it(make):
     ids, labels = _batch()
     count = torch.tensor(int((labels[:, 1:] != -100).sum()) + 5)
     with torch.no_grad():
-        torch.testing.assert_close(ours(input_ids=ids, labels=labels, num_items_in_batch=count).loss,
-                                   theirs(input_ids=ids, labels=labels, num_items_in_batch=count).loss)
+        kwargs = {"input_ids": ids, "labels": labels, "num_items_in_batch": count}
+        torch.testing.assert_close(ours(**kwargs).loss, theirs(**kwargs).loss)
 
 
 @MODELS
@@ -97,7 +97,8 @@ def test_training_follows_the_same_curve(make):
             losses.append(loss.item())
         curves.append(losses)
     assert curves[1][-1] < curves[1][0]
-    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_a_training_step_peaks_lower():
