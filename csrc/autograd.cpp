@@ -423,102 +423,6 @@ struct NllLossBackward : Function<NllLossBackward> {
 };
 
 
-// ---- linear_cross_entropy ---------------------------------------------------------------------
-
-constexpr char kLinearCrossEntropy[] = "pyops::linear_cross_entropy";
-constexpr char kLinearCrossEntropyGrads[] = "pyops::linear_cross_entropy_grads";
-constexpr char kLinearCrossEntropyBackward[] = "pyops::linear_cross_entropy_backward";
-constexpr char kScaleUnlessOne[] = "pyops::scale_unless_one_";
-
-using Mask = std::array<bool, 3>;
-using LinearCrossEntropySig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&,
-                                     const Tensor&, const OptionalTensor&, int64_t, int64_t,
-                                     double, int64_t);
-using LinearCrossEntropyGradsSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&, const OptionalTensor&,
-    int64_t, int64_t, double, int64_t, Mask);
-using LinearCrossEntropyBackwardSig = std::tuple<Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&,
-    const OptionalTensor&, int64_t, int64_t, double, int64_t, Mask);
-
-// 'mean' and 'sum' compute their gradients in the forward (each chunk's logits once), which the
-// first backward scales in place and hands out without a copy; a later backward of a retained
-// graph computes them again, to the same bits. 'none' recomputes the logits in its backward.
-// Neither is differentiable again: the gradients come from fused kernels, and a second
-// derivative is refused rather than silently zero.
-struct LinearCrossEntropy : Function<LinearCrossEntropy> {
-  static constexpr const char* kName = kLinearCrossEntropy;
-  using Signature = LinearCrossEntropySig;
-
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& linear_weight,
-                        const OptionalTensor& linear_bias, const Tensor& target,
-                        const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
-                        double label_smoothing, int64_t chunk_size) {
-    TORCH_CHECK(!requires_grad(target) && !requires_grad(weight), kName,
-                ": not differentiable with respect to target or weight");
-    const Mask mask{requires_grad(input), requires_grad(linear_weight),
-                    requires_grad(linear_bias)};
-    ctx->save_for_backward({input, linear_weight, linear_bias.value_or(Tensor()), target,
-                            weight.value_or(Tensor())});
-    ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
-    c10::impl::GenericList args(c10::AnyType::get());
-    for (const c10::IValue v : {c10::IValue(reduction), c10::IValue(ignore_index),
-                                c10::IValue(label_smoothing), c10::IValue(chunk_size)}) {
-      args.push_back(v);
-    }
-    ctx->saved_data["args"] = args;
-    if (reduction == kNone) {
-      return below_autograd<kName, Signature>(input, linear_weight, linear_bias, target, weight,
-                                              reduction, ignore_index, label_smoothing,
-                                              chunk_size);
-    }
-    auto [loss, gi, gw, gb] = below_autograd<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>(
-        input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
-        label_smoothing, chunk_size, mask);
-    ctx->saved_data["grads"] = std::vector<Tensor>{gi, gw, gb};
-    return loss;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), kName,
-                ": double backward (create_graph=True) is not supported");
-    const auto wanted = ctx->saved_data["mask"].toBoolList();
-    const Mask mask{wanted[0], wanted[1], wanted[2]};
-    const auto args = ctx->saved_data["args"].toList().vec();
-    const auto reduction = args[0].toInt(), ignore_index = args[1].toInt();
-    const auto smoothing = args[2].toDouble();
-    const auto chunk_size = args[3].toInt();
-    const auto s = ctx->get_saved_variables();
-    variable_list result(9);
-    if (reduction == kNone) {
-      std::tie(result[0], result[1], result[2]) =
-          op<kLinearCrossEntropyBackward, LinearCrossEntropyBackwardSig>().call(
-              grads[0], s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index,
-              smoothing, chunk_size, mask);
-      for (size_t i = 0; i < 3; ++i) {
-        if (!mask[i]) result[i] = Tensor();  // the op's empty placeholder
-      }
-      return result;
-    }
-    std::vector<Tensor> computed;
-    if (ctx->saved_data.count("grads")) {
-      computed = ctx->saved_data["grads"].toTensorVector();
-      ctx->saved_data.erase("grads");
-    } else {
-      auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
-          s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
-          chunk_size, mask);
-      computed = {std::get<1>(again), std::get<2>(again), std::get<3>(again)};
-    }
-    for (size_t i = 0; i < 3; ++i) {
-      if (!mask[i]) continue;
-      op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(computed[i], grads[0]);
-      result[i] = std::move(computed[i]);
-    }
-    return result;
-  }
-};
-
 // ---- the lesson's other losses ----------------------------------------------------------------
 // The kernels compute the loss and its input gradient. Every other derivative (target, weight,
 // pos_weight, and all second-order ones) differentiates an ATen expression of the same loss,
@@ -769,6 +673,96 @@ using MarginSig = Tensor(const Tensor&, const Tensor&, int64_t, double, const Op
                          int64_t);
 using MarginBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double,
                                  const OptionalTensor&, int64_t);
+
+// ---- linear_cross_entropy ---------------------------------------------------------------------
+
+constexpr char kLinearCrossEntropy[] = "pyops::linear_cross_entropy";
+constexpr char kLinearCrossEntropyGrads[] = "pyops::linear_cross_entropy_grads";
+constexpr char kLinearCrossEntropyBackward[] = "pyops::linear_cross_entropy_backward";
+constexpr char kScaleUnlessOne[] = "pyops::scale_unless_one_";
+
+using Mask = std::array<bool, 3>;
+using LinearCrossEntropySig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&,
+                                     const Tensor&, const OptionalTensor&, int64_t, int64_t,
+                                     double, int64_t);
+using LinearCrossEntropyGradsSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&, const OptionalTensor&,
+    int64_t, int64_t, double, int64_t, Mask);
+using LinearCrossEntropyBackwardSig = std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&,
+    const OptionalTensor&, int64_t, int64_t, double, int64_t, Mask);
+
+// 'mean' and 'sum' compute their gradients in the forward (each chunk's logits once), which the
+// first backward scales in place and hands out without a copy; a later backward of a retained
+// graph computes them again, to the same bits. 'none' recomputes the logits in its backward.
+// Neither is differentiable again: the gradients come from fused kernels, and a second
+// derivative is refused rather than silently zero.
+struct LinearCrossEntropy : Function<LinearCrossEntropy> {
+  static constexpr const char* kName = kLinearCrossEntropy;
+  using Signature = LinearCrossEntropySig;
+
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& linear_weight,
+                        const OptionalTensor& linear_bias, const Tensor& target,
+                        const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
+                        double label_smoothing, int64_t chunk_size) {
+    TORCH_CHECK(!requires_grad(target) && !requires_grad(weight), kName,
+                ": not differentiable with respect to target or weight");
+    const Mask mask{requires_grad(input), requires_grad(linear_weight),
+                    requires_grad(linear_bias)};
+    save_arguments(ctx, Boxed{input, linear_weight, linear_bias, target, weight, reduction,
+                              ignore_index, label_smoothing, chunk_size}, 5);
+    ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
+    if (reduction == kNone) {
+      return below_autograd<kName, Signature>(input, linear_weight, linear_bias, target, weight,
+                                              reduction, ignore_index, label_smoothing,
+                                              chunk_size);
+    }
+    auto [loss, gi, gw, gb] = below_autograd<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>(
+        input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+        label_smoothing, chunk_size, mask);
+    ctx->saved_data["grads"] = std::vector<Tensor>{gi, gw, gb};
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), kName,
+                ": double backward (create_graph=True) is not supported");
+    const auto wanted = ctx->saved_data["mask"].toBoolList();
+    const Mask mask{wanted[0], wanted[1], wanted[2]};
+    const auto args = saved_rest(ctx);
+    const auto reduction = args[0].toInt(), ignore_index = args[1].toInt();
+    const auto smoothing = args[2].toDouble();
+    const auto chunk_size = args[3].toInt();
+    const auto s = ctx->get_saved_variables();
+    variable_list result(9);
+    if (reduction == kNone) {
+      std::tie(result[0], result[1], result[2]) =
+          op<kLinearCrossEntropyBackward, LinearCrossEntropyBackwardSig>().call(
+              grads[0], s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index,
+              smoothing, chunk_size, mask);
+      for (size_t i = 0; i < 3; ++i) {
+        if (!mask[i]) result[i] = Tensor();  // the op's empty placeholder
+      }
+      return result;
+    }
+    std::vector<Tensor> computed;
+    if (ctx->saved_data.count("grads")) {
+      computed = ctx->saved_data["grads"].toTensorVector();
+      ctx->saved_data.erase("grads");
+    } else {
+      auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
+          s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
+          chunk_size, mask);
+      computed = {std::get<1>(again), std::get<2>(again), std::get<3>(again)};
+    }
+    for (size_t i = 0; i < 3; ++i) {
+      if (!mask[i]) continue;
+      op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(computed[i], grads[0]);
+      result[i] = std::move(computed[i]);
+    }
+    return result;
+  }
+};
 
 }  // namespace
 }  // namespace pyops

@@ -205,6 +205,11 @@ inline at::Tensor in_input_layout(const at::Tensor& input, const at::Tensor& res
   return like.strides() == result.strides() ? result : at::empty_like(like).copy_(result);
 }
 
+inline void check_label_smoothing(double label_smoothing) {
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+}
+
 inline void check_grad_in_forward(const at::Tensor& input, int64_t reduction,
                                   const at::Tensor& grad_input) {
   TORCH_CHECK(reduction != kNone,

@@ -106,6 +106,11 @@ def _check_weight(weight, name):
                            "'weight'. This input cannot have requires_grad True.")
 
 
+def _check_label_smoothing(label_smoothing):
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+
+
 def _check_class_target_batch(input, target):
     if input.dim() >= 2 and target.dim() >= 1 and input.size(0) != target.size(0):
         raise ValueError(f"Expected input batch_size ({input.size(0)}) to match target "
@@ -126,8 +131,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     gradient in input's memory instead of a new buffer (the logits are lost).
     """
     reduction = _reduction_enum(size_average, reduce, reduction)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    _check_label_smoothing(label_smoothing)
     if input.dim() == 0:
         raise RuntimeError("cross_entropy: input must have at least one dim (the classes), got 0")
     _check_weight(weight, "cross_entropy")
@@ -204,8 +208,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             input, linear_weight.reshape(-1, input.shape[-1]), flat_bias).reshape(logits_shape)
         return cross_entropy(logits, target, weight, ignore_index=ignore_index,
                              reduction=reduction, label_smoothing=label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    _check_label_smoothing(label_smoothing)
     _check_weight(weight, "linear_cross_entropy")
     unbatched = input.dim() == 1
     if unbatched:

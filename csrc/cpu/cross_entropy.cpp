@@ -296,7 +296,8 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
           const int64_t p = piece.offset / s.dim;
           ce_forward_row(x, q, p, tp ? tp[p] : 0, args, out);
           if (gp) {
-            ce_backward_row(x, q, stage.out(2, gp, piece), tp ? tp[p] : 0, scale, out.lse[p], args);
+            T* g = stage.out(2, gp, piece);
+            ce_backward_row(x, q, g, tp ? tp[p] : 0, scale, out.lse[p], args);
             stage.store(2, gp, piece);
           }
         } else {
@@ -310,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
       lse.fill_(-std::numeric_limits<double>::infinity());
     }
   });
-  return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep, label_smoothing),
+  return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep,
+                            label_smoothing),
           lse};
 }
 
@@ -320,8 +322,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
                                                  double label_smoothing) {
   constexpr const char* op = "pyops::cross_entropy";
   check_reduction(reduction);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+  check_label_smoothing(label_smoothing);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   return ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
 }
@@ -378,10 +379,10 @@ at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tens
                                          double label_smoothing, at::Tensor& grad_input) {
   constexpr const char* op = "pyops::cross_entropy_grad_in_forward";
   check_grad_in_forward(input, reduction, grad_input);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+  check_label_smoothing(label_smoothing);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  if (prep.shape.inner == 1 && prep.input.is_same(input) && grad_input.strides() == input.strides()) {
+  if (prep.shape.inner == 1 && prep.input.is_same(input) &&
+      grad_input.strides() == input.strides()) {
     return std::get<0>(ce_forward(prep, reduction, ignore_index, label_smoothing, &grad_input));
   }
   auto [loss, lse] = ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
