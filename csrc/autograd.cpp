@@ -198,10 +198,10 @@ constexpr char kNllLossBackward[] = "pyops::nll_loss_backward";
 
 using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
                                                    const OptionalTensor&, int64_t, int64_t,
-                                                   double);
+                                                   double, double, double);
 using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
                                        const OptionalTensor&, int64_t, int64_t, double,
-                                       const Tensor&);
+                                       const Tensor&, double, double);
 using NllLossSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t, int64_t);
 using NllLossBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
                                   const OptionalTensor&, int64_t, int64_t);
@@ -217,6 +217,17 @@ void save_loss_args(AutogradContext* ctx, int64_t reduction, int64_t ignore_inde
 }
 
 int64_t saved_int(AutogradContext* ctx, const char* key) { return ctx->saved_data[key].toInt(); }
+double saved_double(AutogradContext* ctx, const char* key) {
+  return ctx->saved_data[key].toDouble();
+}
+
+// cross_entropy's floating-point options, kept in the context.
+void save_class_options(AutogradContext* ctx, double label_smoothing, double lse_square_scale,
+                        double softcap) {
+  ctx->saved_data["label_smoothing"] = label_smoothing;
+  ctx->saved_data["lse_square_scale"] = lse_square_scale;
+  ctx->saved_data["softcap"] = softcap;
+}
 
 // A size as a number: under torch.compile a dynamic size is specialised here.
 int64_t concrete_size(const Tensor& t, int64_t dim) {
@@ -259,18 +270,33 @@ Tensor reduce_positions(const Tensor& values, int64_t reduction, const Denominat
 
 // ---- cross_entropy ------------------------------------------------------------------------
 
+// The logits the loss sees, c * tanh(x / c) with a softcap c (else x itself), and their first
+// two derivatives with respect to x (undefined without a softcap).
+struct Capped {
+  Tensor logits, slope, curvature;
+};
+
+Capped capped(const Tensor& x, double cap) {
+  if (cap == 0) return {x, Tensor(), Tensor()};
+  const auto t = at::tanh(x / cap);
+  const auto slope = 1 - t * t;
+  return {t * cap, slope, -2 / cap * t * slope};
+}
+
 struct CrossEntropy : Function<CrossEntropy> {
   static constexpr const char* kName = kCrossEntropy;
   using Signature = CrossEntropySig;
 
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const OptionalTensor& weight, int64_t reduction,
-                               int64_t ignore_index, double label_smoothing) {
+                               int64_t ignore_index, double label_smoothing,
+                               double lse_square_scale, double softcap) {
     auto [loss, lse] = below_autograd<kName, Signature>(
-        input, target, weight, reduction, ignore_index, label_smoothing);
+        input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale,
+        softcap);
     ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
     save_loss_args(ctx, reduction, ignore_index);
-    ctx->saved_data["label_smoothing"] = label_smoothing;
+    save_class_options(ctx, label_smoothing, lse_square_scale, softcap);
     ctx->mark_non_differentiable({lse});
     ctx->set_materialize_grads(false);  // lse gets no gradient: no zeros for it
     return {loss, lse};
@@ -280,26 +306,27 @@ struct CrossEntropy : Function<CrossEntropy> {
     const auto saved = ctx->get_saved_variables();
     const auto &input = saved[0], &target = saved[1], &weight = saved[2];
     const auto reduction = saved_int(ctx, "reduction");
-    const double smoothing = ctx->saved_data["label_smoothing"].toDouble();
+    const double smoothing = saved_double(ctx, "label_smoothing");
+    const double z = saved_double(ctx, "lse_square_scale"), cap = saved_double(ctx, "softcap");
     const auto& grad_loss = grads[0];
-    Tensor grad_input, grad_target;
-    if (!grad_loss.defined()) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    variable_list result(8);
+    if (!grad_loss.defined()) return result;
     if (ctx->needs_input_grad(0)) {
-      grad_input = op<kCrossEntropyBackward, CrossEntropyBackwardSig>().call(
+      result[0] = op<kCrossEntropyBackward, CrossEntropyBackwardSig>().call(
           grad_loss, input, target, optional(weight), reduction, saved_int(ctx, "ignore_index"),
-          smoothing, saved[3]);
+          smoothing, saved[3], z, cap);
     }
     if (ctx->needs_input_grad(1)) {  // probability targets: d loss / d q = -(1 - eps) w log p
       const auto wide = input.to(acc_dtype(input.scalar_type()));  // as the kernels compute
       const auto dim = class_dim_of(input);
       const auto scale = position_scale(grad_loss.to(wide.scalar_type()), reduction,
                                         c10::Scalar(positions_of(input)), input);
-      const auto log_p = op<kLogSoftmax, WithDim>().call(wide, dim);
+      const auto log_p = op<kLogSoftmax, WithDim>().call(capped(wide, cap).logits, dim);
       const auto w =
           broadcast_weight(weight.defined() ? weight.to(wide.scalar_type()) : weight, wide);
-      grad_target = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
+      result[1] = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
     }
-    return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
+    return result;
   }
 };
 
@@ -313,19 +340,25 @@ std::pair<Tensor, Tensor> target_weights(const Tensor& target, const Tensor& wei
   return {at::where(valid, w, at::zeros({}, like.options())), valid};
 }
 
-// Second order, in differentiable torch and pyops ops (slower than the fused kernels).
+// Second order, in differentiable torch and pyops ops (slower than the fused kernels). With
+// z = the capped logits (slope u = dz/dx, curvature u' = du/dx), p = softmax(z), the gradient is
+// s * u * m, m = p * A - b (A with z-loss's 2 zeta lse), so that along gg
+//   d grad  = reduced sum of gg * u * m,
+//   d input = s * (gg * u' * m + u * (A * softmax_backward(h, p) + 2 zeta p sum(h p))), h = gg u,
+//   d q     = s * (1 - eps) * w * (sum(h p) - h)   (probability targets).
 struct CrossEntropyBackward : Function<CrossEntropyBackward> {
   static constexpr const char* kName = kCrossEntropyBackward;
   using Signature = CrossEntropyBackwardSig;
 
   static Tensor forward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
                         const Tensor& target, const OptionalTensor& weight, int64_t reduction,
-                        int64_t ignore_index, double label_smoothing, const Tensor& lse) {
+                        int64_t ignore_index, double label_smoothing, const Tensor& lse,
+                        double lse_square_scale, double softcap) {
     ctx->save_for_backward({grad, input, target, weight.value_or(Tensor())});
     save_loss_args(ctx, reduction, ignore_index);
-    ctx->saved_data["label_smoothing"] = label_smoothing;
-    return below_autograd<kName, Signature>(
-        grad, input, target, weight, reduction, ignore_index, label_smoothing, lse);
+    save_class_options(ctx, label_smoothing, lse_square_scale, softcap);
+    return below_autograd<kName, Signature>(grad, input, target, weight, reduction, ignore_index,
+                                            label_smoothing, lse, lse_square_scale, softcap);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -333,45 +366,60 @@ struct CrossEntropyBackward : Function<CrossEntropyBackward> {
     const auto saved = ctx->get_saved_variables();
     const auto &grad = saved[0], &input = saved[1], &target = saved[2], &weight = saved[3];
     const auto reduction = saved_int(ctx, "reduction");
-    const double eps = ctx->saved_data["label_smoothing"].toDouble();
+    const double eps = saved_double(ctx, "label_smoothing");
+    const double zeta = saved_double(ctx, "lse_square_scale");
     const auto dim = class_dim_of(input);
     const double eps_c = eps / static_cast<double>(concrete_size(input, dim));
-    const auto probs = op<kSoftmax, WithDim>().call(input, dim);
+    const auto z = capped(input, saved_double(ctx, "softcap"));
+    const auto probs = op<kSoftmax, WithDim>().call(z.logits, dim);
     const auto w = broadcast_weight(weight, input);
-    Tensor s, a, d_grad, d_target;
-    // d_grad = reduced sum of gg * m over each position, m the second factor of the gradient.
+    const auto h = z.slope.defined() ? gg * z.slope : gg;
+    Tensor s, a, b, valid_b, d_grad, d_target;
+    // d_grad = reduced sum of gg * u * m over each position.
     const auto positions_reduced = [&](const Tensor& m, const auto& denominator) {
-      return reduce_positions((gg * m).sum(dim), reduction, denominator);
+      return reduce_positions((h * m).sum(dim), reduction, denominator);
     };
+    // A's z-loss share, 2 zeta lse per position.
+    const auto z_share = [&] { return 2 * zeta * at::logsumexp(z.logits, dim, true); };
     if (target.is_floating_point()) {
       const c10::Scalar positions(positions_of(input));
       s = position_scale(grad, reduction, positions, input);
-      const auto wq = w * (target * (1 - eps) + eps_c);
-      a = wq.sum(dim, /*keepdim=*/true);
-      if (ctx->needs_input_grad(0)) d_grad = positions_reduced(probs * a - wq, positions);
+      b = w * (target * (1 - eps) + eps_c);
+      a = b.sum(dim, /*keepdim=*/true);
+      if (zeta != 0) a = a + z_share();
+      if (ctx->needs_input_grad(0)) d_grad = positions_reduced(probs * a - b, positions);
       if (ctx->needs_input_grad(2)) {
-        d_target = s * (1 - eps) * w * ((gg * probs).sum(dim, /*keepdim=*/true) - gg);
+        d_target = s * (1 - eps) * w * ((h * probs).sum(dim, /*keepdim=*/true) - h);
       }
     } else {
       const auto [w_t, valid] =
           target_weights(target, weight, saved_int(ctx, "ignore_index"), input);
       const auto denominator = w_t.sum();
       s = position_scale(grad, reduction, denominator, input);
-      const auto valid_b = valid.unsqueeze(dim);
+      valid_b = valid.unsqueeze(dim);
       a = ((1 - eps) * w_t + eps_c * w.sum()).unsqueeze(dim);
-      if (ctx->needs_input_grad(0)) {
-        const auto safe = at::where(valid, target, at::zeros_like(target)).unsqueeze(dim);
-        const auto one_hot = at::zeros_like(input).scatter(dim, safe, 1.0);
-        const auto m = (probs * a - eps_c * w - (1 - eps) * w_t.unsqueeze(dim) * one_hot) * valid_b;
-        d_grad = positions_reduced(m, denominator);
-      }
+      if (zeta != 0) a = a + z_share();
       a = a * valid_b;
+      const auto safe = at::where(valid, target, at::zeros_like(target)).unsqueeze(dim);
+      const auto one_hot = at::zeros_like(input).scatter(dim, safe, 1.0);
+      b = (eps_c * w + (1 - eps) * w_t.unsqueeze(dim) * one_hot) * valid_b;
+      if (ctx->needs_input_grad(0)) d_grad = positions_reduced(probs * a - b, denominator);
     }
     Tensor d_input;
     if (ctx->needs_input_grad(1)) {
-      d_input = s * a * op<kSoftmaxBackward, BinaryWithDim>().call(gg, probs, dim);
+      auto term = a * op<kSoftmaxBackward, BinaryWithDim>().call(h, probs, dim);
+      if (zeta != 0) {
+        auto lse_term = 2 * zeta * probs * (h * probs).sum(dim, /*keepdim=*/true);
+        term = term + (valid_b.defined() ? lse_term * valid_b : lse_term);
+      }
+      if (z.slope.defined()) term = z.slope * term + gg * z.curvature * (probs * a - b);
+      d_input = s * term;
     }
-    return {d_grad, d_input, d_target, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    variable_list result(10);
+    result[0] = d_grad;
+    result[1] = d_input;
+    result[2] = d_target;
+    return result;
   }
 };
 
@@ -684,13 +732,13 @@ constexpr char kScaleUnlessOne[] = "pyops::scale_unless_one_";
 using Mask = std::array<bool, 3>;
 using LinearCrossEntropySig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&,
                                      const Tensor&, const OptionalTensor&, int64_t, int64_t,
-                                     double, int64_t);
+                                     double, int64_t, double, double);
 using LinearCrossEntropyGradsSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&, const OptionalTensor&,
-    int64_t, int64_t, double, int64_t, Mask);
+    int64_t, int64_t, double, int64_t, Mask, double, double);
 using LinearCrossEntropyBackwardSig = std::tuple<Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&,
-    const OptionalTensor&, int64_t, int64_t, double, int64_t, Mask);
+    const OptionalTensor&, int64_t, int64_t, double, int64_t, Mask, double, double);
 
 // 'mean' and 'sum' compute their gradients in the forward (each chunk's logits once), which the
 // first backward scales in place and hands out without a copy; a later backward of a retained
@@ -704,22 +752,24 @@ struct LinearCrossEntropy : Function<LinearCrossEntropy> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& linear_weight,
                         const OptionalTensor& linear_bias, const Tensor& target,
                         const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
-                        double label_smoothing, int64_t chunk_size) {
+                        double label_smoothing, int64_t chunk_size, double lse_square_scale,
+                        double softcap) {
     TORCH_CHECK(!requires_grad(target) && !requires_grad(weight), kName,
                 ": not differentiable with respect to target or weight");
     const Mask mask{requires_grad(input), requires_grad(linear_weight),
                     requires_grad(linear_bias)};
     save_arguments(ctx, Boxed{input, linear_weight, linear_bias, target, weight, reduction,
-                              ignore_index, label_smoothing, chunk_size}, 5);
+                              ignore_index, label_smoothing, chunk_size, lse_square_scale,
+                              softcap}, 5);
     ctx->saved_data["mask"] = std::vector<bool>(mask.begin(), mask.end());
     if (reduction == kNone) {
       return below_autograd<kName, Signature>(input, linear_weight, linear_bias, target, weight,
                                               reduction, ignore_index, label_smoothing,
-                                              chunk_size);
+                                              chunk_size, lse_square_scale, softcap);
     }
     auto [loss, gi, gw, gb] = below_autograd<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>(
         input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
-        label_smoothing, chunk_size, mask);
+        label_smoothing, chunk_size, mask, lse_square_scale, softcap);
     ctx->saved_data["grads"] = std::vector<Tensor>{gi, gw, gb};
     return loss;
   }
@@ -733,13 +783,14 @@ struct LinearCrossEntropy : Function<LinearCrossEntropy> {
     const auto reduction = args[0].toInt(), ignore_index = args[1].toInt();
     const auto smoothing = args[2].toDouble();
     const auto chunk_size = args[3].toInt();
+    const auto z = args[4].toDouble(), cap = args[5].toDouble();
     const auto s = ctx->get_saved_variables();
-    variable_list result(9);
+    variable_list result(11);
     if (reduction == kNone) {
       std::tie(result[0], result[1], result[2]) =
           op<kLinearCrossEntropyBackward, LinearCrossEntropyBackwardSig>().call(
               grads[0], s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index,
-              smoothing, chunk_size, mask);
+              smoothing, chunk_size, mask, z, cap);
       for (size_t i = 0; i < 3; ++i) {
         if (!mask[i]) result[i] = Tensor();  // the op's empty placeholder
       }
@@ -752,7 +803,7 @@ struct LinearCrossEntropy : Function<LinearCrossEntropy> {
     } else {
       auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
           s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
-          chunk_size, mask);
+          chunk_size, mask, z, cap);
       computed = {std::get<1>(again), std::get<2>(again), std::get<3>(again)};
     }
     for (size_t i = 0; i < 3; ++i) {

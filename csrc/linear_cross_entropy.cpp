@@ -91,12 +91,13 @@ constexpr char kGradInForward[] = "pyops::cross_entropy_grad_in_forward";
 constexpr char kCrossEntropyBackward[] = "pyops::cross_entropy_backward";
 
 using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                   const OptionalTensor&, int64_t, int64_t, double);
+                                                   const OptionalTensor&, int64_t, int64_t, double,
+                                                   double, double);
 using GradInForwardSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t,
-                                int64_t, double, Tensor&);
+                                int64_t, double, Tensor&, double, double);
 using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
                                        const OptionalTensor&, int64_t, int64_t, double,
-                                       const Tensor&);
+                                       const Tensor&, double, double);
 
 // Runs fn(first row, rows, logits of those rows) chunk by chunk; the logits live in one buffer.
 template <typename Fn>
@@ -212,28 +213,30 @@ std::tuple<T...> narrowed(std::tuple<T...> results, at::ScalarType dtype) {
 Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
                             const OptionalTensor& linear_bias, const Tensor& target,
                             const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
-                            double label_smoothing, int64_t chunk_size) {
+                            double label_smoothing, int64_t chunk_size, double lse_square_scale,
+                            double softcap) {
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
   if (widen(input)) {
     return linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
                                 wide(weight), reduction, ignore_index, label_smoothing,
-                                chunk_size).to(input.scalar_type());
+                                chunk_size, lse_square_scale, softcap).to(input.scalar_type());
   }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   if (reduction == kNone) {
     auto losses = at::empty({a.rows()}, input.options());
     for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(
-          logits, target_rows(a, r, rows), weight, kNone, ignore_index, label_smoothing)));
+      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight,
+                                                          kNone, ignore_index, label_smoothing,
+                                                          lse_square_scale, softcap)));
     });
     return losses;
   }
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
     total.add_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
-                                   label_smoothing)));
+                                   label_smoothing, lse_square_scale, softcap)));
   });
   return (reduction == kMean ? total / mean_denominator(a) : total).to(input.scalar_type());
 }
@@ -243,14 +246,16 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
     const Tensor& input, const Tensor& linear_weight, const OptionalTensor& linear_bias,
     const Tensor& target, const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
-    double label_smoothing, int64_t chunk_size, Mask mask) {
+    double label_smoothing, int64_t chunk_size, Mask mask, double lse_square_scale,
+    double softcap) {
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
   if (widen(input)) {
     return narrowed(linear_cross_entropy_grads(wide(input), wide(linear_weight), wide(linear_bias),
                                                wide(target), wide(weight), reduction, ignore_index,
-                                               label_smoothing, chunk_size, mask),
+                                               label_smoothing, chunk_size, mask,
+                                               lse_square_scale, softcap),
                     input.scalar_type());
   }
   TORCH_CHECK(reduction != kNone, kName,
@@ -260,7 +265,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
     total.add_(fused.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
-                          label_smoothing, logits));
+                          label_smoothing, logits, lse_square_scale, softcap));
     grads.add(a, r, rows, logits);
   });
   const auto denominator = reduction == kMean ? mean_denominator(a) : Tensor();
@@ -274,7 +279,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
     const Tensor& grad, const Tensor& input, const Tensor& linear_weight,
     const OptionalTensor& linear_bias, const Tensor& target, const OptionalTensor& weight,
     int64_t reduction, int64_t ignore_index, double label_smoothing, int64_t chunk_size,
-    Mask mask) {
+    Mask mask, double lse_square_scale, double softcap) {
   const Args a{input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                label_smoothing, chunk_size};
   check(a);
@@ -282,7 +287,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
     return narrowed(linear_cross_entropy_backward(wide(grad), wide(input), wide(linear_weight),
                                                   wide(linear_bias), wide(target), wide(weight),
                                                   reduction, ignore_index, label_smoothing,
-                                                  chunk_size, mask),
+                                                  chunk_size, mask, lse_square_scale, softcap),
                     input.scalar_type());
   }
   check_upstream_grad(grad, reduction, a.rows());
@@ -292,10 +297,11 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
   const auto up = reduction == kNone ? grad.reshape({-1}) : grad.reshape({});
   for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
     const auto t = target_rows(a, r, rows);
-    const auto lse = std::get<1>(ce.call(logits, t, weight, kNone, ignore_index, label_smoothing));
+    const auto lse = std::get<1>(ce.call(logits, t, weight, kNone, ignore_index, label_smoothing,
+                                         lse_square_scale, softcap));
     const auto g = reduction == kNone ? up.narrow(0, r, rows) : up.expand({rows});
-    grads.add(a, r, rows,
-              backward.call(g, logits, t, weight, kNone, ignore_index, label_smoothing, lse));
+    grads.add(a, r, rows, backward.call(g, logits, t, weight, kNone, ignore_index,
+                                        label_smoothing, lse, lse_square_scale, softcap));
   });
   return grads.finish(a, reduction == kMean ? mean_denominator(a) : Tensor());
 }

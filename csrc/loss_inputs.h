@@ -4,6 +4,7 @@
 
 #include "tensor_utils.h"
 
+#include <cmath>
 #include <optional>
 #include <vector>
 
@@ -210,6 +211,30 @@ inline void check_label_smoothing(double label_smoothing) {
               "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
 }
 
+// cross_entropy's arguments beyond its tensors and reduction.
+struct ClassOptions {
+  int64_t ignore_index;
+  double label_smoothing;
+  double lse_square_scale;  // z-loss: s * lse^2 added to each position's loss (not ignored)
+  double softcap;           // c > 0: the logits become c * tanh(logits / c) first; 0: none
+
+  // Whether the loss takes torch's form, label smoothing's two terms reduced apart (which
+  // decides where overflow turns into NaN); with z-loss each position's loss is one number.
+  bool split_smoothing(bool soft) const {
+    return !soft && label_smoothing > 0 && lse_square_scale == 0;
+  }
+};
+
+inline ClassOptions class_options(int64_t ignore_index, double label_smoothing,
+                                  double lse_square_scale, double softcap) {
+  check_label_smoothing(label_smoothing);
+  TORCH_CHECK(std::isfinite(lse_square_scale),
+              "lse_square_scale must be finite, got ", num_str(lse_square_scale));
+  TORCH_CHECK(softcap >= 0 && std::isfinite(softcap),
+              "softcap must be positive and finite (0 for none), got ", num_str(softcap));
+  return {ignore_index, label_smoothing, lse_square_scale, softcap};
+}
+
 inline void check_grad_in_forward(const at::Tensor& input, int64_t reduction,
                                   const at::Tensor& grad_input) {
   TORCH_CHECK(reduction != kNone,
@@ -222,15 +247,16 @@ inline void check_grad_in_forward(const at::Tensor& input, int64_t reduction,
 
 // cross_entropy's backward, host side once for both backends. Kernels (a backend's):
 // scale(grad, reduction, prep, ignore_index), the upstream gradient per position or one 0-dim
-// tensor, over the 'mean' denominator; backward<scalar_t>(prep, ignore_index, smoothing, lse,
-// scale, result), the input gradient into result (laid out as prep.input).
+// tensor, over the 'mean' denominator; backward<scalar_t>(prep, options, lse, scale, result),
+// the input gradient into result (laid out as prep.input).
 template <typename Backend, typename Kernels>
 at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& input,
                                   const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                   int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                  const at::Tensor& lse) {
+                                  const at::Tensor& lse, double lse_square_scale, double softcap) {
   constexpr const char* op = "pyops::cross_entropy_backward";
   check_reduction(reduction);
+  const auto options = class_options(ignore_index, label_smoothing, lse_square_scale, softcap);
   const typename Backend::Guard guard(input.device());
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   const int64_t positions = prep.shape.outer * prep.shape.inner;
@@ -241,7 +267,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad, const at::Tensor& inpu
   const auto scale = Kernels::scale(grad, reduction, prep, ignore_index);
   const auto lse_c = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
-    Kernels::template backward<scalar_t>(prep, ignore_index, label_smoothing, lse_c, scale, result);
+    Kernels::template backward<scalar_t>(prep, options, lse_c, scale, result);
   });
   return in_input_layout(input, result);
 }

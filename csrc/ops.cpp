@@ -23,30 +23,36 @@ TORCH_LIBRARY(pyops, m) {
 
   // Losses. reduction: 0 none, 1 mean, 2 sum (as at::Reduction).
   // cross_entropy takes class indices (int64/uint8) or probabilities (input's shape and dtype)
-  // and returns (loss, per-position log-sum-exp); the backward reuses that log-sum-exp.
+  // and returns (loss, per-position log-sum-exp); the backward reuses that log-sum-exp. The
+  // extras torch lacks come last with defaults: lse_square_scale (z-loss) and softcap (0: none).
   m.def("cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, "
-        "int ignore_index, float label_smoothing) -> (Tensor, Tensor)");
+        "int ignore_index, float label_smoothing, float lse_square_scale=0., "
+        "float softcap=0.) -> (Tensor, Tensor)");
   m.def("cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
-        "int reduction, int ignore_index, float label_smoothing, Tensor lse) -> Tensor");
+        "int reduction, int ignore_index, float label_smoothing, Tensor lse, "
+        "float lse_square_scale=0., float softcap=0.) -> Tensor");
   // The forward with the input gradient in the same pass, for an upstream gradient of one,
   // written into grad_input (a buffer laid out like input); returns the reduced loss.
   // scale_unless_one_ then scales that gradient by the real upstream gradient, testing it for
   // one on the device (no host synchronisation).
   m.def("cross_entropy_grad_in_forward(Tensor input, Tensor target, Tensor? weight, "
-        "int reduction, int ignore_index, float label_smoothing, Tensor(a!) grad_input) -> Tensor");
+        "int reduction, int ignore_index, float label_smoothing, Tensor(a!) grad_input, "
+        "float lse_square_scale=0., float softcap=0.) -> Tensor");
   m.def("scale_unless_one_(Tensor(a!) self, Tensor scale) -> ()");
   // cross_entropy(input @ linear_weight^T + linear_bias, target), input (N, H), a chunk of
   // positions at a time (chunk_size rows; 0: from a memory budget). _grads also returns the
   // gradients for an upstream gradient of one ('mean', 'sum'); empty where output_mask says no.
   m.def("linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
         "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, "
-        "int chunk_size) -> Tensor");
+        "int chunk_size, float lse_square_scale=0., float softcap=0.) -> Tensor");
   m.def("linear_cross_entropy_grads(Tensor input, Tensor linear_weight, Tensor? linear_bias, "
         "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, "
-        "int chunk_size, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+        "int chunk_size, bool[3] output_mask, float lse_square_scale=0., float softcap=0.) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("linear_cross_entropy_backward(Tensor grad, Tensor input, Tensor linear_weight, "
         "Tensor? linear_bias, Tensor target, Tensor? weight, int reduction, int ignore_index, "
-        "float label_smoothing, int chunk_size, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+        "float label_smoothing, int chunk_size, bool[3] output_mask, float lse_square_scale=0., "
+        "float softcap=0.) -> (Tensor, Tensor, Tensor)");
   m.def("nll_loss(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "int ignore_index) -> Tensor");
   m.def("nll_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "

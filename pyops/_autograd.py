@@ -77,21 +77,24 @@ def _loss_shape(input, reduction):
 # ---- cross_entropy --------------------------------------------------------------------------
 
 @register_fake("cross_entropy")
-def _(input, target, weight, reduction, ignore_index, label_smoothing):
+def _(input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0,
+      softcap=0.0):
     loss = input.new_empty(_loss_shape(input, reduction))
     lse = input.new_empty(_position_shape(input), dtype=_acc_dtype(input.dtype))
     return loss, lse
 
 
 @register_fake("cross_entropy_backward")
-def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse):
+def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse,
+      lse_square_scale=0.0, softcap=0.0):
     return torch.empty_like(input)
 
 
 # ---- cross_entropy with the gradient computed in the forward ---------------------------------
 
 @register_fake("cross_entropy_grad_in_forward")
-def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_input):
+def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_input,
+      lse_square_scale=0.0, softcap=0.0):
     return input.new_empty(())
 
 
@@ -108,10 +111,10 @@ class CrossEntropyGradInForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing,
-                overwrite_input):
+                lse_square_scale, softcap, overwrite_input):
         grad = input if overwrite_input else torch.empty_like(input)
         loss = ops.cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
-                                                 label_smoothing, grad)
+                                                 label_smoothing, grad, lse_square_scale, softcap)
         ctx.save_for_backward(grad)
         ctx.spent = False
         return loss
@@ -125,14 +128,14 @@ class CrossEntropyGradInForward(torch.autograd.Function):
         ctx.spent = True
         (grad,) = ctx.saved_tensors
         ops.scale_unless_one_(grad, grad_loss)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 # ---- linear_cross_entropy ---------------------------------------------------------------------
 
 @register_fake("linear_cross_entropy")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
-      chunk_size):
+      chunk_size, lse_square_scale=0.0, softcap=0.0):
     return input.new_empty((input.shape[0],) if reduction == REDUCTION_NONE else ())
 
 
@@ -144,13 +147,13 @@ def _linear_grads(input, linear_weight, linear_bias, mask):
 
 @register_fake("linear_cross_entropy_grads")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
-      chunk_size, output_mask):
+      chunk_size, output_mask, lse_square_scale=0.0, softcap=0.0):
     return (input.new_empty(()), *_linear_grads(input, linear_weight, linear_bias, output_mask))
 
 
 @register_fake("linear_cross_entropy_backward")
 def _(grad, input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
-      label_smoothing, chunk_size, output_mask):
+      label_smoothing, chunk_size, output_mask, lse_square_scale=0.0, softcap=0.0):
     return _linear_grads(input, linear_weight, linear_bias, output_mask)
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import math
 import warnings
 
 import torch
@@ -117,13 +118,26 @@ def _check_class_target_batch(input, target):
                          f"batch_size ({target.size(0)}).")
 
 
+def _extras(lse_square_scale, softcap):
+    """lse_square_scale and softcap as the operators take them (softcap 0 for none)."""
+    if softcap is not None and not 0 < softcap < math.inf:
+        raise ValueError(f"softcap must be positive and finite, or None, got {softcap}")
+    if not math.isfinite(lse_square_scale):
+        raise ValueError(f"lse_square_scale must be finite, got {lse_square_scale}")
+    return float(lse_square_scale), 0.0 if softcap is None else float(softcap)
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, grad_in_forward=False,
-                  overwrite_input=False):
+                  reduction="mean", label_smoothing=0.0, *, lse_square_scale=0.0, softcap=None,
+                  grad_in_forward=False, overwrite_input=False):
     """torch.nn.functional.cross_entropy, fused: log-softmax and the loss in one pass per row.
 
     Targets are class indices (int64 or uint8) or class probabilities of input's shape.
     label_smoothing outside [0, 1] raises (torch lets negative values through).
+
+    Extras: lse_square_scale z (z-loss) adds z * logsumexp(logits)^2 to the loss of each position
+    that is not ignored, reduced with it (its 'mean' over the same denominator); softcap c makes
+    the logits c * tanh(logits / c) first (Gemma 2). Both are in the gradients.
 
     grad_in_forward=True (reduction 'mean' or 'sum', input requiring grad): the forward also
     computes the input gradient, so the logits are read once in all; the graph can then be
@@ -132,6 +146,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     """
     reduction = _reduction_enum(size_average, reduce, reduction)
     _check_label_smoothing(label_smoothing)
+    extras = _extras(lse_square_scale, softcap)
     if input.dim() == 0:
         raise RuntimeError("cross_entropy: input must have at least one dim (the classes), got 0")
     _check_weight(weight, "cross_entropy")
@@ -155,8 +170,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise ValueError("cross_entropy: grad_in_forward=True gives the gradient of input "
                              "only; target and weight must not require grad")
         return CrossEntropyGradInForward.apply(input, target, weight, reduction, ignore_index,
-                                               label_smoothing, overwrite_input)
-    loss, _ = ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing)
+                                               label_smoothing, *extras, overwrite_input)
+    loss, _ = ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing,
+                                *extras)
     return loss
 
 
@@ -184,8 +200,10 @@ def _linear_checks(input, linear_weight, linear_bias):
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
-                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None,
+                         lse_square_scale=0.0, softcap=None):
     """torch.nn.functional.linear_cross_entropy, without the logits of all positions at once.
+    lse_square_scale (z-loss) and softcap as in cross_entropy.
 
     A chunk of positions at a time (options.batch_chunk_size rows, else buffers of 56 MB):
     the logits of a chunk become their gradient in place, so 'mean' and 'sum' compute every
@@ -194,6 +212,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     and the loss is float32, as torch's linear then cross_entropy. A multi-dimensional
     linear_weight, and a probability target that requires grad, take torch's reference path
     (linear, then pyops' cross_entropy): their logits are materialized.
+
     """
     reduction_enum = _reduction.get_enum(reduction)
     classes, extra = _linear_checks(input, linear_weight, linear_bias)
@@ -207,8 +226,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         logits = torch.nn.functional.linear(
             input, linear_weight.reshape(-1, input.shape[-1]), flat_bias).reshape(logits_shape)
         return cross_entropy(logits, target, weight, ignore_index=ignore_index,
-                             reduction=reduction, label_smoothing=label_smoothing)
+                             reduction=reduction, label_smoothing=label_smoothing,
+                             lse_square_scale=lse_square_scale, softcap=softcap)
     _check_label_smoothing(label_smoothing)
+    extras = _extras(lse_square_scale, softcap)
     _check_weight(weight, "linear_cross_entropy")
     unbatched = input.dim() == 1
     if unbatched:
@@ -226,7 +247,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     # autocast off inside: the kernels reached take what they are given
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
         loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
-                                        reduction_enum, ignore_index, label_smoothing, chunk)
+                                        reduction_enum, ignore_index, label_smoothing, chunk,
+                                        *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
         loss = loss.squeeze(0)
     return loss.float() if autocast else loss

@@ -25,7 +25,12 @@ def _twin(op):
 
 class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
     """torch.nn.LinearCrossEntropyLoss (its Linear layer and loss settings), computed by
-    pyops.functional.linear_cross_entropy: the logits of all positions are never materialized."""
+    pyops.functional.linear_cross_entropy: the logits of all positions are never materialized.
+    z-loss and a logit softcap are attributes, set after construction (torch's constructor has
+    no such arguments): `loss.lse_square_scale = 1e-4`, `loss.softcap = 30.0`."""
+
+    lse_square_scale = 0.0
+    softcap = None
 
     def forward(self, input, target):
         shape = (self.num_classes, *self.out_features)
@@ -34,7 +39,8 @@ class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
             input, self.linear.weight.reshape(*shape, self.linear.in_features), target,
             linear_bias=None if bias is None else bias.reshape(shape), weight=self.weight,
             reduction=self.reduction, ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing, options=self.options)
+            label_smoothing=self.label_smoothing, options=self.options,
+            lse_square_scale=self.lse_square_scale, softcap=self.softcap)
 
 
 TWINS = [_twin(op) for op in OPS if op.module] + [LinearCrossEntropyLoss]

@@ -77,6 +77,16 @@ CASES = {
         _rand(1, 20000, 48), _targets((1, 48), 20000), None, MEAN, -100, 0.1)),
     "cross_entropy_many_positions": ("cross_entropy", lambda: ops.cross_entropy(
         _heavy(N, 4), _targets((N,), 4), None, MEAN, -100, 0.3)),
+    # z-loss and softcap: the logits capped in a per-thread copy of each row or tile
+    "cross_entropy_zloss_softcap_rows": ("cross_entropy", lambda: ops.cross_entropy(
+        _rand(256, 1000), _targets((256,), 1000), None, MEAN, -100, 0.1, 1e-3, 2.0)),
+    "cross_entropy_zloss_softcap_long_rows": ("cross_entropy", lambda: ops.cross_entropy(
+        _rand(2, 300000), torch.tensor([5, 299999]), None, SUM, -100, 0.0, 1e-3, 2.0)),
+    "cross_entropy_zloss_softcap_tiles": ("cross_entropy", lambda: ops.cross_entropy(
+        _rand(8, 500, 256), _targets((8, 256), 500), None, NONE, -100, 0.0, 1e-3, 2.0)),
+    "cross_entropy_backward_zloss_softcap": ("cross_entropy_backward", lambda: ops.cross_entropy_backward(
+        torch.tensor(1.0), _rand(8, 500, 256), _targets((8, 256), 500), None, MEAN, -100, 0.1,
+        torch.logsumexp(2 * torch.tanh(_rand(8, 500, 256) / 2), 1), 1e-3, 2.0)),
     "cross_entropy_backward": ("cross_entropy_backward", lambda: ops.cross_entropy_backward(
         torch.tensor(1.0), _rand(256, 1000), _targets((256,), 1000), None, MEAN, -100, 0.1,
         torch.logsumexp(_rand(256, 1000), 1))),

@@ -25,7 +25,14 @@ def _gpt2():
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=512))
 
 
-MODELS = pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
+def _gemma2():  # final_logit_softcapping: the loss's softcap
+    return transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+        final_logit_softcapping=0.5))  # small, so that the cap moves the loss
+
+
+MODELS = pytest.mark.parametrize("make", [_llama, _gpt2, _gemma2], ids=["llama", "gpt2", "gemma2"])
 
 
 def _pair(make):
@@ -121,6 +128,6 @@ def test_a_training_step_peaks_lower():
 
 def test_refuses_a_model_whose_logits_are_not_the_head():
     model = _llama()
-    model.config.final_logit_softcapping = 30.0
-    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+    model.config.logit_scale = 0.5
+    with pytest.raises(NotImplementedError, match="logit_scale"):
         apply(model)

@@ -7,6 +7,9 @@
 //   grad_c = s * (softmax_c * A - smoothing / C * w_c) - s * (1 - smoothing) * w_t [c == t]
 // with A = (1 - smoothing) * w_t + smoothing / C * sum(w), and for probability targets q
 //   grad_c = s * (softmax_c * sum(w * q') - w_c * q'_c),  q' = (1 - smoothing) * q + smoothing / C.
+// z-loss (lse_square_scale z) adds z * lse^2 to a position's loss and 2 z lse to A (or sum(w q'));
+// with a softcap c the logits are c * tanh(x / c), staged per row or tile, and the gradient
+// with respect to them is multiplied by 1 - (x' / c)^2.
 #include "dim_layout.h"
 #include "loss_common.h"
 #include "../kernel_lists.h"
@@ -22,16 +25,70 @@ struct LossArgs {
   T smoothing;
   const T* weight;  // classes entries, or nullptr for all ones
   T weight_sum;
+  T z;    // lse_square_scale
+  T cap;  // softcap, 0 for none
 
   T w(int64_t c) const { return weight ? weight[c] : T(1); }
+  // A position's loss with its z-loss term.
+  T with_z(T loss, T lse) const { return z != T(0) ? loss + z * lse * lse : loss; }
+  // A (or sum(w q')) of the gradient with z-loss's share.
+  T with_z_share(T a, T lse) const { return z != T(0) ? a + T(2) * z * lse : a; }
 };
 
 template <typename T>
-LossArgs<T> loss_args(const Prepared& p, int64_t ignore_index, double smoothing) {
+LossArgs<T> loss_args(const Prepared& p, const ClassOptions& o) {
   const int64_t classes = p.shape.dim;
   const T* w = p.weight.defined() ? p.weight.const_data_ptr<T>() : nullptr;
-  return {classes, ignore_index, static_cast<T>(smoothing), w,
-          w ? row_sum(w, classes) : static_cast<T>(classes)};
+  return {classes, o.ignore_index, static_cast<T>(o.label_smoothing), w,
+          w ? row_sum(w, classes) : static_cast<T>(classes), static_cast<T>(o.lse_square_scale),
+          static_cast<T>(o.softcap)};
+}
+
+// The options of a loss with class targets and nothing else (nll_loss, the 'mean' denominator).
+ClassOptions plain(int64_t ignore_index) { return {ignore_index, 0.0, 0.0, 0.0}; }
+
+// x = cap * tanh(x / cap) over n staged values.
+template <typename T>
+void soft_cap(T* x, int64_t n, T cap) {
+  using V = Vectorized<T>;
+  const V c(cap);
+  row_map([&](V v) { return c * (v / c).tanh(); }, x, n, x);
+}
+
+// The gradient g with respect to capped logits x made one with respect to the logits.
+template <typename T>
+void through_soft_cap(T* g, const T* x, int64_t n, T cap) {
+  using V = Vectorized<T>;
+  const V c(cap), one(1);
+  row_map([&](V gv, V v) {
+    const V t = v / c;
+    return gv * ((one - t) * (one + t));
+  }, g, n, g, x);
+}
+
+// Per-position results of the forward. For class targets the loss is w_t * nll, and with label
+// smoothing `smooth` gets sum_c w_c (lse - x_c): torch reduces the two apart and then mixes them
+// as (1 - eps) * nll + eps / C * smooth, which decides where overflow turns into NaN.
+template <typename T>
+struct ForwardOut {
+  T* loss;
+  T* smooth;  // nullptr unless ClassOptions::split_smoothing
+  T* lse;
+};
+
+// A class target's loss: torch's split (nll here, the smoothing term apart) where `smooth` is
+// given; else one number, with the smoothing term mixed in and z-loss added.
+template <typename T>
+void store_class_loss(const LossArgs<T>& a, const ForwardOut<T>& out, int64_t p, T nll,
+                      T smooth_term, T lse) {
+  if (out.smooth) {
+    out.loss[p] = nll;
+    out.smooth[p] = smooth_term;
+  } else if (a.smoothing != T(0)) {
+    out.loss[p] = a.with_z((T(1) - a.smoothing) * nll + a.smoothing / a.classes * smooth_term, lse);
+  } else {
+    out.loss[p] = a.with_z(nll, lse);
+  }
 }
 
 // Sum of the weights of the non-ignored targets: the 'mean' denominator of class-index losses.
@@ -46,16 +103,6 @@ at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
 }
 
 // ---- cross_entropy forward ------------------------------------------------------------------
-
-// Per-position results of the forward. For class targets the loss is w_t * nll, and with label
-// smoothing `smooth` gets sum_c w_c (lse - x_c): torch reduces the two apart and then mixes them
-// as (1 - eps) * nll + eps / C * smooth, which decides where overflow turns into NaN.
-template <typename T>
-struct ForwardOut {
-  T* loss;
-  T* smooth;  // nullptr unless class targets and label smoothing
-  T* lse;
-};
 
 template <typename T>
 void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const LossArgs<T>& a,
@@ -82,16 +129,17 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
       wq_sum = row_map_sum<T>([&](V qv) { return qv * keep + spread; }, C, q);
       wq_gap = row_map_sum<T>([&](V qv, V v) { return (qv * keep + spread) * (vmax - v); }, C, q, x);
     }
-    out.loss[p] = wq_gap + wq_sum * log_sum;
+    out.loss[p] = a.with_z(wq_gap + wq_sum * log_sum, out.lse[p]);
     return;
   }
   const int64_t t = checked_target(target, C);
-  out.loss[p] = a.w(t) * ((max - x[t]) + log_sum);
-  if (out.smooth) {  // sum_c w_c (max - x_c + log_sum)
+  T smooth_term = 0;
+  if (a.smoothing != T(0)) {  // sum_c w_c (max - x_c + log_sum)
     const T gap = a.weight ? row_map_sum<T>([&](V w, V v) { return w * (vmax - v); }, C, a.weight, x)
                            : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
-    out.smooth[p] = gap + a.weight_sum * log_sum;
+    smooth_term = gap + a.weight_sum * log_sum;
   }
+  store_class_loss(a, out, p, a.w(t) * ((max - x[t]) + log_sum), smooth_term, out.lse[p]);
 }
 
 // The same for a tile: `width` positions p0.. side by side, class c of position j at
@@ -147,20 +195,20 @@ void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int6
   });
   for (int64_t j = 0; j < width; ++j) {
     const int64_t p = p0 + j;
+    const T lse = col_max[j] + col_log_sum[j];
+    out.lse[p] = lse;
     if (q) {
-      out.lse[p] = col_max[j] + col_log_sum[j];
-      out.loss[p] = col_gap[j] + col_wq[j] * col_log_sum[j];
+      out.loss[p] = a.with_z(col_gap[j] + col_wq[j] * col_log_sum[j], lse);
       continue;
     }
-    out.lse[p] = col_max[j] + col_log_sum[j];
     if (targets[p] == a.ignore_index) {
       out.loss[p] = 0;
       if (out.smooth) out.smooth[p] = 0;
       continue;
     }
     const int64_t t = checked_target(targets[p], C);
-    out.loss[p] = a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]);
-    if (out.smooth) out.smooth[p] = col_gap[j] + a.weight_sum * col_log_sum[j];
+    store_class_loss(a, out, p, a.w(t) * ((col_max[j] - x[t * stride + j]) + col_log_sum[j]),
+                     col_gap[j] + a.weight_sum * col_log_sum[j], lse);
   }
 }
 
@@ -188,7 +236,7 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
     const T wq_sum = a.weight
         ? row_map_sum<T>([&](V w, V qv) { return w * (qv * vkeep + veps); }, C, a.weight, q)
         : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
-    const V vq(wq_sum);
+    const V vq(a.with_z_share(wq_sum, lse));
     if (a.weight) {
       row_map([&](V w, V qv, V v) { return vs * ((v - vlse).exp() * vq - w * (qv * vkeep + veps)); },
               gi, C, a.weight, q, x);
@@ -199,7 +247,7 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
     return;
   }
   const int64_t t = checked_target(target, C);
-  const V va(keep * a.w(t) + eps_c * a.weight_sum);
+  const V va(a.with_z_share(keep * a.w(t) + eps_c * a.weight_sum, lse));
   if (a.weight) {
     row_map([&](V w, V v) { return vs * ((v - vlse).exp() * va - veps * w); }, gi, C, a.weight, x);
   } else {
@@ -223,7 +271,8 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
     const bool ignored = !q && targets[p] == a.ignore_index;
     col_s[j] = ignored ? T(0) : scale[p];
     col_lse[j] = lse[p];
-    col_a[j] = (q || ignored) ? T(0) : keep * a.w(checked_target(targets[p], C)) + eps_c * a.weight_sum;
+    col_a[j] = (q || ignored) ? T(0)
+        : a.with_z_share(keep * a.w(checked_target(targets[p], C)) + eps_c * a.weight_sum, lse[p]);
   }
   V vs[kVecs], vlse[kVecs], va[kVecs];
   for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
@@ -238,6 +287,11 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
         partial[k] = partial[k] + w * (load(q + c * stride + j, n) * V(keep) + V(eps_c));
       });
     });
+    if (a.z != T(0)) {
+      for_each_column_vec<T>(width, [&](int64_t, int64_t k, int64_t) {
+        va[k] = va[k] + V(T(2) * a.z) * vlse[k];
+      });
+    }
   }
   for (int64_t c = 0; c < C; ++c) {
     const V w(a.w(c));
@@ -261,23 +315,34 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
 
 // ---- the forward, and with it the gradient --------------------------------------------------
 
+// A piece's logits as the kernels read them: capped in a copy with a softcap (every operand is
+// then staged, so that they share one stride).
+template <typename scalar_t, typename T>
+const T* staged_logits(Stage<scalar_t>& stage, const scalar_t* x, const Piece& piece,
+                       const LossArgs<T>& a) {
+  stage.copy = Stage<scalar_t>::kConvert || a.cap != T(0);
+  if (a.cap == T(0)) return stage.in(0, x, piece);
+  T* capped = stage.copied(0, x, piece);
+  soft_cap(capped, piece.rows * piece.width, a.cap);
+  return capped;
+}
+
 // The forward over every position. With `grad` (rows, laid out as the prepared input) each row's
 // gradient for an upstream gradient of one is also written, while the row is still in cache.
 std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t reduction,
-                                              int64_t ignore_index, double label_smoothing,
-                                              at::Tensor* grad) {
+                                              const ClassOptions& options, at::Tensor* grad) {
   const at::Tensor& input = prep.input;
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto losses = at::empty({positions}, input.options().dtype(acc));
-  const bool split = !prep.soft && label_smoothing > 0;
+  const bool split = options.split_smoothing(prep.soft);
   auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
   auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
   at::Tensor denominator;
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
-    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
+    const auto args = loss_args<T>(prep, options);
     denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
     const T scale = reduction == kMean ? T(1 / denominator.item<double>()) : T(1);
     const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
@@ -290,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
     if (positions > 0 && s.dim > 0) {
       for_each_piece<T>(s, [&](const Piece& piece) {
         thread_local Stage<scalar_t> stage;
-        const T* x = stage.in(0, xp, piece);
+        const T* x = staged_logits(stage, xp, piece, args);
         const T* q = qp ? stage.in(1, qp, piece) : nullptr;
         if (s.inner == 1) {
           const int64_t p = piece.offset / s.dim;
@@ -298,6 +363,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
           if (gp) {
             T* g = stage.out(2, gp, piece);
             ce_backward_row(x, q, g, tp ? tp[p] : 0, scale, out.lse[p], args);
+            if (args.cap != T(0)) through_soft_cap(g, x, piece.width, args.cap);
             stage.store(2, gp, piece);
           }
         } else {
@@ -312,19 +378,20 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
     }
   });
   return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep,
-                            label_smoothing),
+                            options.label_smoothing),
           lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
                                                  const std::optional<at::Tensor>& weight,
                                                  int64_t reduction, int64_t ignore_index,
-                                                 double label_smoothing) {
+                                                 double label_smoothing, double lse_square_scale,
+                                                 double softcap) {
   constexpr const char* op = "pyops::cross_entropy";
   check_reduction(reduction);
-  check_label_smoothing(label_smoothing);
+  const auto options = class_options(ignore_index, label_smoothing, lse_square_scale, softcap);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  return ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
+  return ce_forward(prep, reduction, options, nullptr);
 }
 
 // The kernels of cross_entropy_backward's host code (loss_inputs.h).
@@ -335,18 +402,18 @@ struct CrossEntropyKernels {
     at::Tensor denominator = prep.soft ? soft_denominator(prep) : at::Tensor();
     if (!prep.soft) {
       AT_DISPATCH_FLOATING_TYPES(acc, "pyops::cross_entropy_backward", [&] {
-        denominator = target_weight_sum(prep.target, loss_args<scalar_t>(prep, ignore_index, 0.0));
+        denominator = target_weight_sum(prep.target, loss_args<scalar_t>(prep, plain(ignore_index)));
       });
     }
     return upstream_scale(grad, reduction, denominator, prep.shape.outer * prep.shape.inner, acc);
   }
 
   template <typename scalar_t>
-  static void backward(const Prepared& prep, int64_t ignore_index, double label_smoothing,
-                       const at::Tensor& lse, const at::Tensor& grad_scale, at::Tensor& result) {
+  static void backward(const Prepared& prep, const ClassOptions& options, const at::Tensor& lse,
+                       const at::Tensor& grad_scale, at::Tensor& result) {
     using T = acc_t<scalar_t>;
     const auto& s = prep.shape;
-    const auto args = loss_args<T>(prep, ignore_index, label_smoothing);
+    const auto args = loss_args<T>(prep, options);
     const GradScale<T> scale(grad_scale);
     const T* lp = lse.const_data_ptr<T>();
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
@@ -355,7 +422,7 @@ struct CrossEntropyKernels {
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& piece) {
       thread_local Stage<scalar_t> stage;
-      const T* x = stage.in(0, xp, piece);
+      const T* x = staged_logits(stage, xp, piece, args);
       const T* q = qp ? stage.in(1, qp, piece) : nullptr;
       T* gi = stage.out(2, rp, piece);
       if (s.inner == 1) {
@@ -366,6 +433,7 @@ struct CrossEntropyKernels {
         ce_backward_tile(x, q, gi, stage.stride(piece), piece.width, o * s.inner + j, tp, scale,
                          lp, args);
       }
+      if (args.cap != T(0)) through_soft_cap(gi, x, piece.rows * piece.width, args.cap);
       stage.store(2, rp, piece);
     });
   }
@@ -376,19 +444,20 @@ struct CrossEntropyKernels {
 at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
                                          const std::optional<at::Tensor>& weight,
                                          int64_t reduction, int64_t ignore_index,
-                                         double label_smoothing, at::Tensor& grad_input) {
+                                         double label_smoothing, at::Tensor& grad_input,
+                                         double lse_square_scale, double softcap) {
   constexpr const char* op = "pyops::cross_entropy_grad_in_forward";
   check_grad_in_forward(input, reduction, grad_input);
-  check_label_smoothing(label_smoothing);
+  const auto options = class_options(ignore_index, label_smoothing, lse_square_scale, softcap);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   if (prep.shape.inner == 1 && prep.input.is_same(input) &&
       grad_input.strides() == input.strides()) {
-    return std::get<0>(ce_forward(prep, reduction, ignore_index, label_smoothing, &grad_input));
+    return std::get<0>(ce_forward(prep, reduction, options, &grad_input));
   }
-  auto [loss, lse] = ce_forward(prep, reduction, ignore_index, label_smoothing, nullptr);
+  auto [loss, lse] = ce_forward(prep, reduction, options, nullptr);
   grad_input.copy_(::pyops::cross_entropy_backward<Backend, CrossEntropyKernels>(
       at::ones({}, loss.options()), input, target, weight, reduction, ignore_index,
-      label_smoothing, lse));
+      label_smoothing, lse, lse_square_scale, softcap));
   return loss;
 }
 
@@ -415,7 +484,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
   at::Tensor denominator;
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
-    const auto args = loss_args<T>(prep, ignore_index, 0.0);
+    const auto args = loss_args<T>(prep, plain(ignore_index));
     const scalar_t* xp = prep.input.const_data_ptr<scalar_t>();
     const int64_t* tp = prep.target.const_data_ptr<int64_t>();
     T* lp = losses.mutable_data_ptr<T>();
@@ -445,7 +514,7 @@ at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
   auto result = output_like(prep.input).zero_();
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
-    const auto args = loss_args<T>(prep, ignore_index, 0.0);
+    const auto args = loss_args<T>(prep, plain(ignore_index));
     const GradScale<T> scale(grad, reduction, target_weight_sum(prep.target, args), positions);
     const int64_t* tp = prep.target.const_data_ptr<int64_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();

@@ -165,39 +165,42 @@ struct Piece {
 };
 
 // Per-thread float copies of a piece's operands, packed with stride `width`; for float and
-// double the caller's memory is used as it is.
+// double the caller's memory is used as it is, unless `copy` is set (a kernel that transforms
+// its input in the copy).
 template <typename scalar_t>
 struct Stage {
   using T = acc_t<scalar_t>;
   static constexpr bool kConvert = !std::is_same_v<T, scalar_t>;
   std::vector<T> buf[3];
+  bool copy = kConvert;
 
-  int64_t stride(const Piece& p) const { return kConvert ? p.width : p.stride; }
+  int64_t stride(const Piece& p) const { return copy ? p.width : p.stride; }
 
-  const T* in(int i, const scalar_t* base, const Piece& p) {
-    if constexpr (kConvert) {
-      buf[i].resize(p.rows * p.width);
-      for (int64_t r = 0; r < p.rows; ++r) {
-        convert_row(base + p.offset + r * p.stride, buf[i].data() + r * p.width, p.width);
-      }
-      return buf[i].data();
-    } else {
-      return base + p.offset;
+  // The piece's values in buffer i (which `copy` must have asked for), to change in place.
+  T* copied(int i, const scalar_t* base, const Piece& p) {
+    buf[i].resize(p.rows * p.width);
+    for (int64_t r = 0; r < p.rows; ++r) {
+      convert_row(base + p.offset + r * p.stride, buf[i].data() + r * p.width, p.width);
     }
+    return buf[i].data();
+  }
+  const T* in(int i, const scalar_t* base, const Piece& p) {
+    if (copy) return copied(i, base, p);
+    if constexpr (!kConvert) return base + p.offset;
+    return nullptr;  // unreachable: half types are always copied
   }
   T* out(int i, scalar_t* base, const Piece& p) {
-    if constexpr (kConvert) {
+    if (copy) {
       buf[i].resize(p.rows * p.width);
       return buf[i].data();
-    } else {
-      return base + p.offset;
     }
+    if constexpr (!kConvert) return base + p.offset;
+    return nullptr;
   }
   void store(int i, scalar_t* base, const Piece& p) {
-    if constexpr (kConvert) {
-      for (int64_t r = 0; r < p.rows; ++r) {
-        convert_row(buf[i].data() + r * p.width, base + p.offset + r * p.stride, p.width);
-      }
+    if (!copy) return;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      convert_row(buf[i].data() + r * p.width, base + p.offset + r * p.stride, p.width);
     }
   }
 };

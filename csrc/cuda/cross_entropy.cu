@@ -28,9 +28,25 @@ struct ClassArgs {
   T eps_c;               // label_smoothing / classes
   const T* weight;       // classes entries, or nullptr for all ones
   const T* weight_sum;   // a device scalar, or nullptr for `classes`
+  T z;                   // lse_square_scale
+  T cap;                 // softcap, 0 for none
 
   __device__ T w(int64_t c) const { return weight ? weight[c] : T(1); }
   __device__ T total_weight() const { return weight_sum ? *weight_sum : T(classes); }
+  // A logit as the loss sees it: capped to cap * tanh(x / cap) with a softcap.
+  template <typename scalar_t>
+  __device__ T logit(scalar_t v) const {
+    const T x = static_cast<T>(v);
+    return cap != T(0) ? cap * ::tanh(x / cap) : x;
+  }
+  // The gradient with respect to capped logit z made one with respect to the logit.
+  __device__ T through_cap(T g, T z_logit) const {
+    if (cap == T(0)) return g;
+    const T t = z_logit / cap;
+    return g * ((T(1) - t) * (T(1) + t));
+  }
+  __device__ T with_z(T loss, T lse) const { return z != T(0) ? loss + z * lse * lse : loss; }
+  __device__ T with_z_share(T a, T lse) const { return z != T(0) ? a + T(2) * z * lse : a; }
 };
 
 // The upstream gradient of position p: per position for reduction='none', else one device
@@ -47,7 +63,7 @@ struct Scale {
 template <typename T>
 struct ForwardOut {
   T* loss;
-  T* smooth;  // nullptr unless class targets and label smoothing
+  T* smooth;  // nullptr unless ClassOptions::split_smoothing
   T* weight;  // class targets: w_t, 0 where ignored (the 'mean' denominator's terms)
   T* lse;
 };
@@ -55,7 +71,9 @@ struct ForwardOut {
 // The input gradient of one position, given its log-sum-exp:
 //   class targets: s * (softmax_c * A - eps_c * w_c) - s * keep * w_t [c == t],
 //                  A = keep * w_t + eps_c * sum(w)
-//   probabilities: s * (softmax_c * sum(w q') - w_c q'_c), q' = keep * q + eps_c.
+//   probabilities: s * (softmax_c * sum(w q') - w_c q'_c), q' = keep * q + eps_c,
+// with z-loss's 2 z lse added to A (or sum(w q')), softmax and the gradient taken of the capped
+// logits and then multiplied by the cap's slope.
 // An ignored position gets 0 * softmax: zero, or NaN where its log-sum-exp is NaN, as torch.
 template <typename scalar_t, typename T, typename Walk>
 __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q, int64_t target,
@@ -64,10 +82,11 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
   if (q) {
     T wq = 0;
     walk.read(q, C, [&](int64_t c, scalar_t v) { wq += a.w(c) * (static_cast<T>(v) * a.keep + a.eps_c); });
-    wq = walk.sum(wq, shared);
+    wq = a.with_z_share(walk.sum(wq, shared), lse);
     walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
       const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
-      return s * (fast_exp(static_cast<T>(v) - lse) * wq - coef);
+      const T z = a.logit(v);
+      return a.through_cap(s * (fast_exp(z - lse) * wq - coef), z);
     });
     return;
   }
@@ -78,10 +97,12 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
   }
   checked_target(target, C);
   const T w_t = a.w(target);
-  const T coef = a.keep * w_t + a.eps_c * a.total_weight(), at_target = s * a.keep * w_t;
+  const T coef = a.with_z_share(a.keep * w_t + a.eps_c * a.total_weight(), lse);
+  const T at_target = s * a.keep * w_t;
   walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
-    const T g = s * (fast_exp(static_cast<T>(v) - lse) * coef - a.eps_c * a.w(c));
-    return c == target ? g - at_target : g;
+    const T z = a.logit(v);
+    const T g = s * (fast_exp(z - lse) * coef - a.eps_c * a.w(c));
+    return a.through_cap(c == target ? g - at_target : g, z);
   });
 }
 
@@ -96,35 +117,42 @@ __device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const s
   const bool ignored = !q && target == a.ignore_index;
   if (!q && !ignored) checked_target(target, C);
   // Read before the reduction's barrier: the fused path may overwrite x (in place) after it.
-  const T x_t = (!q && !ignored && walk.leader()) ? static_cast<T>(x[walk.at(target)]) : T(0);
-  const MaxSum<T> total = walk.max_sum(x, C, shared);
-  const T max = total.max, log_sum = ::log(total.sum);
-  if (walk.leader()) out.lse[p] = max + log_sum;
+  const T x_t = (!q && !ignored && walk.leader()) ? a.logit(x[walk.at(target)]) : T(0);
+  const MaxSum<T> total =
+      walk.max_sum(x, C, shared, [&](scalar_t v) { return a.logit(v); });
+  const T max = total.max, log_sum = ::log(total.sum), lse = max + log_sum;
+  if (walk.leader()) out.lse[p] = lse;
   if (q) {  // sum_c w_c q'_c (max - x_c + log_sum)
     T wq = 0, gap = 0;
     walk.read(x, C, [&](int64_t c, scalar_t v) {
       const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
       wq += coef;
-      gap += coef * (max - static_cast<T>(v));
+      gap += coef * (max - a.logit(v));
     });
     wq = walk.sum(wq, shared);
     gap = walk.sum(gap, shared);
-    if (walk.leader()) out.loss[p] = gap + wq * log_sum;
+    if (walk.leader()) out.loss[p] = a.with_z(gap + wq * log_sum, lse);
   } else {
-    if (out.smooth) {  // sum_c w_c (max - x_c + log_sum)
-      T gap = 0;
+    T smooth = 0;
+    if (a.eps_c != T(0)) {  // sum_c w_c (max - x_c + log_sum)
       if (!ignored) {
-        walk.read(x, C, [&](int64_t c, scalar_t v) { gap += a.w(c) * (max - static_cast<T>(v)); });
+        walk.read(x, C, [&](int64_t c, scalar_t v) { smooth += a.w(c) * (max - a.logit(v)); });
       }
-      gap = walk.sum(gap, shared);
-      if (walk.leader()) out.smooth[p] = ignored ? T(0) : gap + a.total_weight() * log_sum;
+      smooth = walk.sum(smooth, shared) + a.total_weight() * log_sum;
     }
     if (walk.leader()) {
-      out.loss[p] = ignored ? T(0) : a.w(target) * ((max - x_t) + log_sum);
+      const T nll = a.w(target) * ((max - x_t) + log_sum);
+      if (out.smooth) {  // torch's split: the two reduced apart
+        out.smooth[p] = ignored ? T(0) : smooth;
+        out.loss[p] = ignored ? T(0) : nll;
+      } else {
+        const T mixed = a.eps_c != T(0) ? a.keep * nll + a.eps_c * smooth : nll;
+        out.loss[p] = ignored ? T(0) : a.with_z(mixed, lse);
+      }
       out.weight[p] = ignored ? T(0) : a.w(target);
     }
   }
-  if (gi) ce_gradient(walk, x, q, target, scale[p], max + log_sum, a, gi, shared);
+  if (gi) ce_gradient(walk, x, q, target, scale[p], lse, a, gi, shared);
 }
 
 // Streaming (uncached) rows take at most 512 threads: 128 registers each hold the kernels
@@ -384,16 +412,17 @@ Scale<T> scale_of(const at::Tensor& scale) {
 }
 
 template <typename T>
-ClassArgs<T> class_args(const Prepared& p, int64_t ignore_index, double smoothing,
-                        const at::Tensor& weight_sum) {
+ClassArgs<T> class_args(const Prepared& p, const ClassOptions& o, const at::Tensor& weight_sum) {
   const int64_t classes = p.shape.dim;
   const bool weighted = p.weight.defined();
   return {classes,
-          ignore_index,
-          static_cast<T>(1.0 - smoothing),
-          static_cast<T>(smoothing / static_cast<double>(classes)),
+          o.ignore_index,
+          static_cast<T>(1.0 - o.label_smoothing),
+          static_cast<T>(o.label_smoothing / static_cast<double>(classes)),
           weighted ? p.weight.const_data_ptr<T>() : nullptr,
-          weighted ? weight_sum.const_data_ptr<T>() : nullptr};
+          weighted ? weight_sum.const_data_ptr<T>() : nullptr,
+          static_cast<T>(o.lse_square_scale),
+          static_cast<T>(o.softcap)};
 }
 
 at::Tensor sum_of_weights(const Prepared& p) {
@@ -416,7 +445,7 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
     // from one block holding it: the plain forward streams it once (80 % of copy at 8192x128256
     // float32). A row one block cannot hold goes to a cluster of blocks where one fits: read
     // once, its exps taken after the max is known (a streamed bfloat16 row reached 41 %).
-    const bool second_pass = gi || q || out.smooth;
+    const bool second_pass = gi || q || a.eps_c != T(0);
     RowLaunch shape = row_launch<scalar_t>(s.dim, packed, max_packs_per_thread<scalar_t>(), 1024);
     if (packed && shape.packs_per_thread == 0 &&
         launch_forward_clusters(x, q, t, a, out, gi, scale, positions, stream)) {
@@ -441,24 +470,22 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
 std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& input,
                                               const at::Tensor& target,
                                               const std::optional<at::Tensor>& weight,
-                                              int64_t reduction, int64_t ignore_index,
-                                              double label_smoothing, const at::Tensor& grad_out) {
+                                              int64_t reduction, const ClassOptions& options,
+                                              const at::Tensor& grad_out) {
   check_reduction(reduction);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "label_smoothing must be between 0.0 and 1.0. Got: ", num_str(label_smoothing));
+  const int64_t ignore_index = options.ignore_index;
   const c10::cuda::CUDAGuard guard(input.device());
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
-  const auto options = input.options().dtype(acc);
-  const auto values = position_values(positions, /*smooth=*/!prep.soft && label_smoothing > 0,
-                                      /*weight=*/!prep.soft, options);
-  auto lse = at::empty(prep.position_shape, options);
+  const auto values = position_values(positions, options.split_smoothing(prep.soft),
+                                      /*weight=*/!prep.soft, input.options().dtype(acc));
+  auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
   const auto weight_sum = sum_of_weights(prep);
   at::Tensor scale;
   if (grad_out.defined()) {  // the fused gradient needs the 'mean' denominator before the pass
-    scale = upstream_scale(at::ones({}, options), reduction,
+    scale = upstream_scale(at::ones({}, input.options().dtype(acc)), reduction,
                            reduction == kMean ? denominator_of(prep, ignore_index) : at::Tensor(),
                            positions, acc);
   }
@@ -471,7 +498,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
       const ForwardOut<T> out{row(values.loss), row(values.smooth), row(values.weight),
                               lse.mutable_data_ptr<T>()};
       launch_forward<scalar_t, T>(
-          prep, class_args<T>(prep, ignore_index, label_smoothing, weight_sum), out,
+          prep, class_args<T>(prep, options, weight_sum), out,
           grad_out.defined() ? grad_out.mutable_data_ptr<scalar_t>() : nullptr,
           grad_out.defined() ? scale_of<T>(scale) : Scale<T>{nullptr, 0});
     });
@@ -481,15 +508,17 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
     lse.fill_(-std::numeric_limits<double>::infinity());
     if (grad_out.defined()) grad_out.zero_();
   }
-  return {loss_output(values, prep, reduction, label_smoothing), lse};
+  return {loss_output(values, prep, reduction, options.label_smoothing), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
                                                  const std::optional<at::Tensor>& weight,
                                                  int64_t reduction, int64_t ignore_index,
-                                                 double label_smoothing) {
-  return ce_forward("pyops::cross_entropy", input, target, weight, reduction, ignore_index,
-                    label_smoothing, at::Tensor());
+                                                 double label_smoothing, double lse_square_scale,
+                                                 double softcap) {
+  return ce_forward("pyops::cross_entropy", input, target, weight, reduction,
+                    class_options(ignore_index, label_smoothing, lse_square_scale, softcap),
+                    at::Tensor());
 }
 
 // The kernels of cross_entropy_backward's host code (loss_inputs.h).
@@ -500,13 +529,13 @@ struct CrossEntropyKernels {
   }
 
   template <typename scalar_t>
-  static void backward(const Prepared& prep, int64_t ignore_index, double label_smoothing,
-                       const at::Tensor& lse, const at::Tensor& scale, at::Tensor& result) {
+  static void backward(const Prepared& prep, const ClassOptions& options, const at::Tensor& lse,
+                       const at::Tensor& scale, at::Tensor& result) {
     using T = at::opmath_type<scalar_t>;
     const auto& s = prep.shape;
     const int64_t positions = s.outer * s.inner;
     const auto weight_sum = sum_of_weights(prep);
-    const auto a = class_args<T>(prep, ignore_index, label_smoothing, weight_sum);
+    const auto a = class_args<T>(prep, options, weight_sum);
     const scalar_t* x = prep.input.const_data_ptr<scalar_t>();
     const scalar_t* q = prep.soft ? prep.target.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* t = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
@@ -531,14 +560,16 @@ struct CrossEntropyKernels {
 at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tensor& target,
                                          const std::optional<at::Tensor>& weight,
                                          int64_t reduction, int64_t ignore_index,
-                                         double label_smoothing, at::Tensor& grad_input) {
+                                         double label_smoothing, at::Tensor& grad_input,
+                                         double lse_square_scale, double softcap) {
   check_grad_in_forward(input, reduction, grad_input);
   const auto walked = dense(input);
   const bool direct = grad_input.strides() == walked.strides() &&
                       positions_in_logical_order(walked, input.dim() == 1 ? 0 : 1);
   auto buffer = direct ? grad_input : at::empty_like(walked);
-  auto loss = std::get<0>(ce_forward("pyops::cross_entropy_grad_in_forward", input, target, weight,
-                                     reduction, ignore_index, label_smoothing, buffer));
+  auto loss = std::get<0>(ce_forward(
+      "pyops::cross_entropy_grad_in_forward", input, target, weight, reduction,
+      class_options(ignore_index, label_smoothing, lse_square_scale, softcap), buffer));
   if (!direct) grad_input.copy_(buffer);
   return loss;
 }

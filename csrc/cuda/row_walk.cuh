@@ -9,7 +9,8 @@
 //   ClusterWalk: a cluster of kClusterBlocks blocks per row (sm_90), each holding a slice in
 //                registers as CachedWalk does: rows up to kClusterBlocks times longer, read once.
 // Each offers at(c), leader(), read(data, n, fn(c, value)), map(data, out, n, fn(c, value) -> T),
-// sum(v, shared) and max_sum(x, n, shared) over the row.
+// sum(v, shared) and max_sum(x, n, shared[, load]) over the row (of load(value): by default the
+// value widened to the accumulation type).
 #pragma once
 
 #include "common.cuh"
@@ -24,6 +25,12 @@ template <typename T>
 struct Shared {
   MaxSum<T> max_sum[32];
   T values[32];
+};
+
+template <typename T>
+struct Widen {
+  template <typename S>
+  __device__ T operator()(S v) const { return static_cast<T>(v); }
 };
 
 // out[i] = fn(i, row[i]) by the block's threads, packed when allowed, last packs first.
@@ -64,10 +71,11 @@ struct BlockWalk {
   }
   template <typename T>
   __device__ T sum(T v, Shared<T>& shared) const { return block_sum(v, shared.values); }
-  template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
-  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>& shared) const {
+  template <typename scalar_t, typename T = at::opmath_type<scalar_t>, typename Load = Widen<T>>
+  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>& shared,
+                               Load load = {}) const {
     auto part = MaxSum<T>::empty();
-    read(x, n, [&](int64_t, scalar_t v) { part.add(static_cast<T>(v)); });
+    read(x, n, [&](int64_t, scalar_t v) { part.add(load(v)); });
     return block_max_sum(part, shared.max_sum);
   }
 };
@@ -146,20 +154,22 @@ struct CachedWalk {
   }
   template <typename T>
   __device__ T sum(T v, Shared<T>& shared) const { return block_sum(v, shared.values); }
-  template <typename T = at::opmath_type<scalar_t>>
-  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
-    return max_sum_over([&](T v) { return block_max(v, shared.values); },
-                        [&](T v) { return block_sum(v, shared.values); });
+  template <typename T = at::opmath_type<scalar_t>, typename Load = Widen<T>>
+  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared,
+                               Load load = {}) const {
+    return max_sum_over<T>([&](T v) { return block_max(v, shared.values); },
+                           [&](T v) { return block_sum(v, shared.values); }, load);
   }
   // The max first, then one exp per element: no rescaling, as the row is at hand. max_of and
   // sum_of finish the threads' parts over the row (a block's, or a cluster's).
-  template <typename T = at::opmath_type<scalar_t>, typename MaxOf, typename SumOf>
-  __device__ MaxSum<T> max_sum_over(MaxOf max_of, SumOf sum_of) const {
+  template <typename T = at::opmath_type<scalar_t>, typename MaxOf, typename SumOf,
+            typename Load = Widen<T>>
+  __device__ MaxSum<T> max_sum_over(MaxOf max_of, SumOf sum_of, Load load = {}) const {
     T max = -INFINITY;
-    each_cached([&](int64_t, scalar_t v) { max = nan_max(max, static_cast<T>(v)); });
+    each_cached([&](int64_t, scalar_t v) { max = nan_max(max, load(v)); });
     max = max_of(max);
     T total = 0;
-    each_cached([&](int64_t, scalar_t v) { total += fast_exp(static_cast<T>(v) - max); });
+    each_cached([&](int64_t, scalar_t v) { total += fast_exp(load(v) - max); });
     return {max, sum_of(total)};
   }
 };
@@ -195,14 +205,14 @@ struct ThreadWalk {
   template <typename T>
   __device__ T sum(T v, Shared<T>&) const { return v; }
   // Online in blocks of 64, merged: the rounding of blocked_sum.
-  template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
-  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>&) const {
+  template <typename scalar_t, typename T = at::opmath_type<scalar_t>, typename Load = Widen<T>>
+  __device__ MaxSum<T> max_sum(const scalar_t* x, int64_t n, Shared<T>&, Load load = {}) const {
     constexpr int64_t kBlock = 64;
     auto total = MaxSum<T>::empty();
     for (int64_t begin = 0; begin < n; begin += kBlock) {
       auto part = MaxSum<T>::empty();
       const int64_t end = begin + kBlock < n ? begin + kBlock : n;
-      for (int64_t c = begin; c < end; ++c) part.add(static_cast<T>(x[at(c)]));
+      for (int64_t c = begin; c < end; ++c) part.add(load(x[at(c)]));
       total.merge(part);
     }
     return total.max == T(-INFINITY) ? MaxSum<T>{total.max, T(NAN)} : total;
@@ -264,11 +274,12 @@ struct ClusterWalk {
   __device__ T sum(T v, Shared<T>& shared) const {
     return cluster_reduce(block_sum(v, shared.values), Plus{});
   }
-  template <typename T = at::opmath_type<scalar_t>>
-  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared) const {
+  template <typename T = at::opmath_type<scalar_t>, typename Load = Widen<T>>
+  __device__ MaxSum<T> max_sum(const scalar_t*, int64_t, Shared<T>& shared,
+                               Load load = {}) const {
     return slice.template max_sum_over<T>(
         [&](T v) { return cluster_reduce(block_max(v, shared.values), NanMax{}); },
-        [&](T v) { return sum(v, shared); });
+        [&](T v) { return sum(v, shared); }, load);
   }
 };
 #endif

@@ -18,22 +18,23 @@ from .._integration import convert, patch
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss
 
-# Config attributes that change the logits after the output embedding: the head alone is not the
-# model's logits there.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier")
+# Config attributes that change the logits after the output embedding in ways the loss does not
+# follow: the head alone is not the model's logits there. final_logit_softcapping (Gemma 2) is
+# the loss's softcap.
+_LOGIT_TRANSFORMS = ("logit_scale", "output_multiplier")
 
 
-def _causal_lm_loss(hidden, head, labels, shift_labels, num_items_in_batch):
+def _causal_lm_loss(hidden, head, labels, shift_labels, num_items_in_batch, softcap):
     """transformers' ForCausalLMLoss on the head's input instead of its output: labels shifted
     left (the last position ignored), 'mean' over the kept positions, or 'sum' over
-    num_items_in_batch when the trainer gives it."""
+    num_items_in_batch when the trainer gives it; the logits capped as the model caps them."""
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     reduction = "mean" if num_items_in_batch is None else "sum"
     loss = F.linear_cross_entropy(
         hidden.reshape(-1, hidden.shape[-1]), head.weight,
         shift_labels.reshape(-1).to(hidden.device), linear_bias=head.bias,
-        reduction=reduction).float()  # transformers computes the loss in float32
+        reduction=reduction, softcap=softcap).float()  # transformers' loss is float32
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
@@ -56,6 +57,7 @@ def apply(model):
         if getattr(config, name, None) not in (None, 1, 1.0):
             raise NotImplementedError(f"pyops.integrations.transformers.apply: the model sets "
                                       f"config.{name}, which changes its logits after the head")
+    softcap = getattr(config, "final_logit_softcapping", None) or None
     convert(model, inplace=True)
     original = model.forward
 
@@ -78,7 +80,8 @@ def apply(model):
                 out = original(*args, **kwargs)
             finally:
                 del head.forward
-            loss = _causal_lm_loss(hidden[-1], head, labels, shift_labels, num_items_in_batch)
+            loss = _causal_lm_loss(hidden[-1], head, labels, shift_labels, num_items_in_batch,
+                                   softcap)
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
         return type(out)(loss=loss, logits=out.logits if return_logits else None, **fields)
 
