@@ -13,12 +13,13 @@ namespace {
 constexpr int64_t kMean = 1;  // at::Reduction::Mean
 constexpr int64_t kIgnore = -100;
 
+// The trailing doubles: label_smoothing, lse_square_scale (z-loss), softcap.
 using Forward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                    const std::optional<at::Tensor>&, int64_t,
-                                                   int64_t, double);
+                                                   int64_t, double, double, double);
 using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const std::optional<at::Tensor>&, int64_t, int64_t, double,
-                            const at::Tensor&);
+                            const at::Tensor&, double, double);
 
 }  // namespace
 
@@ -32,8 +33,10 @@ int main() {
   const auto logits = at::randn({8, 10});
   const auto target = at::tensor(std::vector<int64_t>{0, 3, 9, kIgnore, 4, 4, 1, 7});
 
-  const auto [loss, lse] = forward.call(logits, target, std::nullopt, kMean, kIgnore, 0.0);
-  const auto grad = backward.call(at::ones({}), logits, target, std::nullopt, kMean, kIgnore, 0.0, lse);
+  const auto [loss, lse] =
+      forward.call(logits, target, std::nullopt, kMean, kIgnore, 0.0, 0.0, 0.0);
+  const auto grad = backward.call(at::ones({}), logits, target, std::nullopt, kMean, kIgnore, 0.0,
+                                  lse, 0.0, 0.0);
 
   // Reference: ATen's composite, and its gradient written out (softmax - one_hot) / count.
   const auto expected = at::nll_loss(at::log_softmax(logits, 1), target, {}, kMean, kIgnore);
