@@ -12,7 +12,7 @@ import time
 import torch
 
 from . import cases as C
-from . import harness, report
+from . import distributed, harness, report
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -21,7 +21,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--ops", default=",".join(C.all_op_names()),
+    p.add_argument("--ops", default=",".join(C.all_op_names() + [distributed.OP]),
                    help="comma-separated op names (default: all)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -41,9 +41,10 @@ def parse_args(argv):
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                    help="print the rows of NEW/results.json that moved beyond noise against OLD")
     args = p.parse_args(argv)
-    unknown = set(args.ops.split(",")) - set(C.all_op_names())
+    known = C.all_op_names() + [distributed.OP]
+    unknown = set(args.ops.split(",")) - set(known)
     if unknown:
-        p.error(f"unknown ops {sorted(unknown)}; known: {C.all_op_names()}")
+        p.error(f"unknown ops {sorted(unknown)}; known: {known}")
     bad = set(args.dtypes.split(",")) - set(DTYPES)
     if bad:
         p.error(f"unknown dtypes {sorted(bad)}; known: {list(DTYPES)}")
@@ -89,12 +90,10 @@ def measure(case, cfg, copies, copy_bps, min_run_time, threads, device):
     case_records = []
     extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
     for impl in ["torch", "pyops"] + extra:
-        record = {"op": case.op, "direction": case.direction, "dtype": str(case.dtype)[6:],
-                  "shape": case.label, "impl": impl,
-                  "params": " ".join(p for p in (case.params, "hot cache" if hot else "") if p),
-                  "threads": threads, "huge_pages": huge_pages_now(),
-                  "bytes": case.nbytes, "median_s": None, "iqr_s": None, "gbps": None,
-                  "pct_copy": None, "peak_extra_bytes": None, "ratio_vs_torch": None}
+        record = report.new_record(
+            op=case.op, direction=case.direction, dtype=str(case.dtype)[6:], shape=case.label,
+            impl=impl, params=" ".join(p for p in (case.params, "hot cache" if hot else "") if p),
+            threads=threads, huge_pages=huge_pages_now(), bytes=case.nbytes)
         fn = fns.get(impl)
         if fn is None:
             record["missing"] = missing.get("all", "not available")
@@ -107,11 +106,7 @@ def measure(case, cfg, copies, copy_bps, min_run_time, threads, device):
             except Exception as err:
                 record["missing"] = f"{type(err).__name__}: {err}"
         case_records.append(record)
-    base = case_records[0]["median_s"]
-    for r in case_records:
-        if base and r["median_s"]:
-            r["ratio_vs_torch"] = r["median_s"] / base
-    return case_records
+    return report.set_ratios(case_records)
 
 
 def run(args):
@@ -140,6 +135,10 @@ def run(args):
                     records += measure(case, cfg, n, copy_bps, min_run_time, threads, args.device)
             if progress is not None:
                 progress.update()
+        if distributed.OP in args.ops.split(",") and args.device == "cpu":
+            with tempfile.TemporaryDirectory() as tmp:
+                records += distributed.records(args.quick, huge_pages_now(), cfg.dtypes, copy_bps,
+                                               tmp)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -6,6 +6,21 @@ import math
 
 KEY_FIELDS = ("op", "direction", "dtype", "shape", "params", "threads", "huge_pages", "impl")
 CASE_FIELDS = KEY_FIELDS[:-1]
+MEASURED_FIELDS = ("median_s", "iqr_s", "gbps", "pct_copy", "peak_extra_bytes", "ratio_vs_torch")
+
+
+def new_record(**fields):
+    """A record of the given fields, its measurements not yet taken."""
+    return fields | dict.fromkeys(MEASURED_FIELDS)
+
+
+def set_ratios(case_records):
+    """Each record's time over the first's (torch's) in the same case and setting."""
+    base = case_records[0]["median_s"]
+    for r in case_records:
+        if base and r["median_s"]:
+            r["ratio_vs_torch"] = r["median_s"] / base
+    return case_records
 
 
 def _fmt_time(seconds):
@@ -60,6 +75,8 @@ def table_rows(records, notes=None):
         best = min(timed, key=lambda r: r["median_s"]) if timed else None
         for r in group:
             name = r["impl"] + (" *" if r is best and len(timed) > 1 else "")
+            if r.get("sent_bytes") is not None:  # a distributed case: the bytes a rank sends
+                name += f" ({_fmt_bytes(r['sent_bytes'])} sent)"
             if r.get("missing"):
                 if r["missing"] not in notes:
                     notes.append(r["missing"])

@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch.nn import _reduction
 
+from . import _vocab_parallel
 from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 
 ops = torch.ops.pyops
@@ -129,7 +130,7 @@ def _extras(lse_square_scale, softcap):
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0, *, lse_square_scale=0.0, softcap=None,
-                  grad_in_forward=False, overwrite_input=False):
+                  process_group=None, grad_in_forward=False, overwrite_input=False):
     """torch.nn.functional.cross_entropy, fused: log-softmax and the loss in one pass per row.
 
     Targets are class indices (int64 or uint8) or class probabilities of input's shape.
@@ -138,6 +139,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     Extras: lse_square_scale z (z-loss) adds z * logsumexp(logits)^2 to the loss of each position
     that is not ignored, reduced with it (its 'mean' over the same denominator); softcap c makes
     the logits c * tanh(logits / c) first (Gemma 2). Both are in the gradients.
+
+    process_group: the classes are sharded over the group's ranks, each holding a contiguous
+    slice (rank order, any sizes): input is this rank's slice of the logits, weight its slice
+    of the class weights, target the global class indices (or its slice of the probabilities).
+    Every rank returns the same loss, from one all-gather of a few numbers per position; the
+    gradient is for the rank's own slice, with no collective. A DTensor input sharded on its
+    class dim over a 1-D mesh (as torch's loss_parallel() takes it) is computed so over its
+    mesh, and its loss returned replicated.
 
     grad_in_forward=True (reduction 'mean' or 'sum', input requiring grad): the forward also
     computes the input gradient, so the logits are read once in all; the graph can then be
@@ -161,6 +170,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         input, target = input.to(dtype), target.to(dtype)
     else:
         _check_class_target_batch(input, target)
+    if isinstance(input, _vocab_parallel.DTensor):
+        return _vocab_parallel.dtensor_cross_entropy(input, target, weight, reduction,
+                                                     ignore_index, label_smoothing, *extras)
+    if process_group is not None:
+        if grad_in_forward:
+            raise ValueError("cross_entropy: grad_in_forward=True does not take a process_group")
+        return _vocab_parallel.cross_entropy(input, target, weight, reduction, ignore_index,
+                                             label_smoothing, *extras, process_group)
     if overwrite_input and not grad_in_forward:
         raise ValueError("cross_entropy: overwrite_input=True needs grad_in_forward=True")
     if grad_in_forward and input.requires_grad and torch.is_grad_enabled():
@@ -201,7 +218,7 @@ def _linear_checks(input, linear_weight, linear_bias):
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction="mean", ignore_index=None, label_smoothing=0.0, options=None,
-                         lse_square_scale=0.0, softcap=None):
+                         lse_square_scale=0.0, softcap=None, process_group=None):
     """torch.nn.functional.linear_cross_entropy, without the logits of all positions at once.
     lse_square_scale (z-loss) and softcap as in cross_entropy.
 
@@ -213,6 +230,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     linear_weight, and a probability target that requires grad, take torch's reference path
     (linear, then pyops' cross_entropy): their logits are materialized.
 
+    process_group: the classes are sharded over the group's ranks as in cross_entropy:
+    linear_weight and linear_bias are this rank's slice of the head, input the same on every
+    rank. One all-gather per chunk in the forward; the backward recomputes the chunks' logits and
+    all-reduces input's gradient, so it is complete on every rank.
     """
     reduction_enum = _reduction.get_enum(reduction)
     classes, extra = _linear_checks(input, linear_weight, linear_bias)
@@ -227,7 +248,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             input, linear_weight.reshape(-1, input.shape[-1]), flat_bias).reshape(logits_shape)
         return cross_entropy(logits, target, weight, ignore_index=ignore_index,
                              reduction=reduction, label_smoothing=label_smoothing,
-                             lse_square_scale=lse_square_scale, softcap=softcap)
+                             lse_square_scale=lse_square_scale, softcap=softcap,
+                             process_group=process_group)
     _check_label_smoothing(label_smoothing)
     extras = _extras(lse_square_scale, softcap)
     _check_weight(weight, "linear_cross_entropy")
@@ -246,9 +268,14 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     chunk = getattr(options, "batch_chunk_size", None) or 0
     # autocast off inside: the kernels reached take what they are given
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
-                                        reduction_enum, ignore_index, label_smoothing, chunk,
-                                        *extras)
+        if process_group is not None:
+            loss = _vocab_parallel.linear_cross_entropy(
+                input, linear_weight, linear_bias, target, weight, reduction_enum, ignore_index,
+                label_smoothing, *extras, process_group, chunk)
+        else:
+            loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
+                                            reduction_enum, ignore_index, label_smoothing, chunk,
+                                            *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
         loss = loss.squeeze(0)
     return loss.float() if autocast else loss

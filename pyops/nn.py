@@ -7,6 +7,7 @@ function with the module's attributes. So pyops.convert can swap a module's clas
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from . import functional as F
 from .table import OPS
@@ -23,6 +24,19 @@ def _twin(op):
         "__doc__": f"torch.nn.{op.module}, computed by pyops.functional.{op.name}."})
 
 
+def through_head(head, fn, *args):
+    """fn(*args), which reads head's parameters, run as a call of head where head is sharded on
+    its own by FSDP2: its hooks gather the parameters around the call (and again for the
+    backward). Elsewhere a plain call."""
+    if not isinstance(head, FSDPModule):
+        return fn(*args)
+    head.forward = fn
+    try:
+        return head(*args)
+    finally:
+        del head.forward
+
+
 class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
     """torch.nn.LinearCrossEntropyLoss (its Linear layer and loss settings), computed by
     pyops.functional.linear_cross_entropy: the logits of all positions are never materialized.
@@ -33,6 +47,9 @@ class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
     softcap = None
 
     def forward(self, input, target):
+        return through_head(self.linear, self._loss, input, target)
+
+    def _loss(self, input, target):
         shape = (self.num_classes, *self.out_features)
         bias = self.linear.bias
         return F.linear_cross_entropy(

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import pyops
 
@@ -145,3 +147,21 @@ def assert_raises_like_torch(exc, call, ours, theirs):
         call(theirs)
     with pytest.raises(exc):
         call(ours)
+
+
+def _rank(rank, world, backend, store, out, fn):
+    torch.set_num_threads(1)
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.save(fn(rank, world), f"{out}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def on_ranks(fn, world, tmp, backend="gloo"):
+    """fn(rank, world) in world spawned processes joined by a process group (fn defined at a
+    module's top level); what each returned, in rank order."""
+    mp.spawn(_rank, args=(world, backend, str(tmp / "store"), str(tmp), fn), nprocs=world,
+             join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]

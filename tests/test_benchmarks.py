@@ -106,3 +106,16 @@ def test_a_missing_peer_is_a_footnote():
     assert max(len(line) for line in table[:-1]) < 150  # the reason does not widen a column
     markdown = report.markdown_report({"machine": {}, "copy_gbps": 1.0, "records": records})
     assert f"[1] not run: {reason}" in markdown
+
+
+def test_distributed_case_reports_bytes_sent(tmp_path):
+    run_bench("--quick", "--ops", "vocab_parallel_cross_entropy", "--dtypes", "float32",
+              "--huge-pages", "off", "--out", str(tmp_path), "--no-plots")
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert [r["impl"] for r in records] == ["torch", "pyops", "all-gather logits"]
+    for r in records:
+        assert FIELDS <= set(r) and r["median_s"] > 0 and r["sent_bytes"] > 0
+    sent = {r["impl"]: r["sent_bytes"] for r in records}
+    # pyops: a lse and a target logit per position (and a row of slice numbers); the logits
+    # gathered: a rank's whole slice
+    assert sent["pyops"] == (64 + 1) * 2 * 4 and sent["all-gather logits"] == 64 * 500 * 4

@@ -6,7 +6,9 @@
 weight, so the logits are never materialized when labels are given; and it runs the model's
 forward under `pyops.patch()` after `pyops.convert()`, so its activations, softmax and losses
 reach pyops where pyops has them. transformers itself is not imported here: any model object
-with `get_output_embeddings()` and a transformers-style forward works.
+with `get_output_embeddings()` and a transformers-style forward works. Under FSDP2
+(`fully_shard`), an output embedding sharded on its own computes the loss inside its own call,
+so its weight is gathered for it.
 """
 
 import functools
@@ -15,6 +17,7 @@ import torch
 
 from .. import functional as F
 from .._integration import convert, patch
+from ..nn import through_head
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss
 
@@ -80,8 +83,9 @@ def apply(model):
                 out = original(*args, **kwargs)
             finally:
                 del head.forward
-            loss = _causal_lm_loss(hidden[-1], head, labels, shift_labels, num_items_in_batch,
-                                   softcap)
+            loss = through_head(head, functools.partial(
+                _causal_lm_loss, head=head, labels=labels, shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch, softcap=softcap), hidden[-1])
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
         return type(out)(loss=loss, logits=out.logits if return_logits else None, **fields)
 
