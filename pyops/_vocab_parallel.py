@@ -3,9 +3,8 @@
 order, of any sizes. The forward all-gathers a few statistics per position (one collective:
 each slice's log-sum-exp, the target's logit and weight where the target is in the slice, and
 the sums label smoothing and probability targets need: two numbers for plain class indices),
-from which every rank computes the same
-loss, combining the ranks in order; the backward needs no collective, each rank's gradient being
-for its own slice, from the saved global log-sum-exp.
+from which every rank computes the same loss, combining the ranks in order; the backward needs
+no collective, each rank's gradient being for its own slice, from the saved global log-sum-exp.
 
 A rank learns its slice's first class from the gathered slice sizes. It sends the statistics
 for the offset it found last time; when any rank's was wrong (the first call, or other sizes),
