@@ -17,15 +17,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from ._autograd import REDUCTION_MEAN, REDUCTION_NONE
+from ._autograd import REDUCTION_MEAN, REDUCTION_NONE, _acc_dtype
 
 ops = torch.ops.pyops
 
 _offsets = {}  # (group, slice size) -> the slice's first class, as last found
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _capped(x, cap):
@@ -52,7 +48,7 @@ class Slice:
         self.soft = target.is_floating_point()
         self.ignore_index, self.eps = ignore_index, smoothing
         self.z, self.cap, self.group = lse_square_scale, softcap, group
-        self.acc = _acc(logits.dtype)
+        self.acc = _acc_dtype(logits.dtype)
         self.classes = logits.shape[1]
         self.key = (group, self.classes)
         # the gathered statistics' columns, per position, as the options need them; the last
@@ -187,6 +183,7 @@ class Combined:
                 raise IndexError(f"Target {first} is out of bounds.")
         self.eps_c = eps_c
 
+
 def gathered_stats(part):
     """The one collective of a forward."""
     return Combined(part, _all_gather(part.stats(_offsets.get(part.key, -1)), part.group))
@@ -247,17 +244,18 @@ class CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, reduction, ignore_index, smoothing,
                 lse_square_scale, softcap, group):
-        part = Slice(logits, target, weight, ignore_index, smoothing, lse_square_scale, softcap,
-                     group)
+        ctx.options = (ignore_index, smoothing, lse_square_scale, softcap, group)
+        part = Slice(logits, target, weight, *ctx.options)
         combined = gathered_stats(part)
         divisor = mean_divisor(part.soft, logits.shape[0], combined.target_weight)
-        ctx.part, ctx.combined, ctx.reduction, ctx.divisor = part, combined, reduction, divisor
+        ctx.combined, ctx.reduction, ctx.divisor = combined, reduction, divisor
+        ctx.save_for_backward(logits, target, weight)  # in-place changes are then caught
         return reduced(combined.loss, reduction, divisor).to(logits.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        part, combined = ctx.part, ctx.combined
+        part, combined = Slice(*ctx.saved_tensors, *ctx.options), ctx.combined
         scale = upstream(grad, ctx.reduction, ctx.divisor, part.x.shape[0], part.acc)
         d_logits = d_target = None
         if ctx.needs_input_grad[0]:
@@ -285,7 +283,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             ctx.chunks.append((start, gathered_stats(part)))
         soft = target.is_floating_point()
         losses = [c.loss for _, c in ctx.chunks]
-        loss = torch.cat(losses) if losses else input.new_zeros(0, dtype=_acc(input.dtype))
+        loss = torch.cat(losses) if losses else input.new_zeros(0, dtype=_acc_dtype(input.dtype))
         divisor = None if soft else torch.cat([c.target_weight for _, c in ctx.chunks] or [loss])
         ctx.divisor = mean_divisor(soft, input.shape[0], divisor)
         ctx.options, ctx.reduction, ctx.rows = options, reduction, rows
@@ -297,11 +295,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         input, head, bias, target = ctx.saved_tensors
         group = ctx.options[-1]
-        scale = upstream(grad, ctx.reduction, ctx.divisor, input.shape[0], _acc(input.dtype))
+        scale = upstream(grad, ctx.reduction, ctx.divisor, input.shape[0], _acc_dtype(input.dtype))
         need_input, need_head, need_bias = ctx.needs_input_grad[:3]
         d_input = torch.zeros_like(input) if need_input else None
-        d_head = torch.zeros_like(head, dtype=_acc(head.dtype)) if need_head else None
-        d_bias = torch.zeros_like(bias, dtype=_acc(bias.dtype)) if need_bias else None
+        d_head = torch.zeros_like(head, dtype=_acc_dtype(head.dtype)) if need_head else None
+        d_bias = torch.zeros_like(bias, dtype=_acc_dtype(bias.dtype)) if need_bias else None
         for start, combined in ctx.chunks:
             x = input[start:start + ctx.rows]
             part = Slice(torch.nn.functional.linear(x, head, bias),

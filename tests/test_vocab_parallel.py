@@ -185,6 +185,14 @@ def run_errors(calls, rank, split):
         "whole weight": lambda: PF.cross_entropy(
             x, torch.tensor([0, 1, 2, 3]), torch.ones(CLASSES), process_group=dist.group.WORLD),
     }
+    def changed_in_place():
+        logits = x.clone().requires_grad_() * 1
+        loss = PF.cross_entropy(logits, torch.tensor([0, 1, 2, 3]),
+                                process_group=dist.group.WORLD)
+        logits.add_(1)
+        loss.backward()
+
+    bad_calls["logits changed before the backward"] = changed_in_place
     for name, call in bad_calls.items():
         try:
             call()
@@ -308,7 +316,8 @@ def test_dtensor_logits_match_single_process_and_loss_parallel(runs, index):
 def test_bad_input_raises_on_every_rank(runs):
     world, results = runs
     expected = {"target out of range": (IndexError, "Target 11 is out of bounds"),
-                "whole weight": (RuntimeError, "this rank's slice of the class weights")}
+                "whole weight": (RuntimeError, "this rank's slice of the class weights"),
+                "logits changed before the backward": (RuntimeError, "modified by an inplace")}
     for r in results:
         assert {name for name, _ in r["errors"]} == set(expected)
         for name, raised in r["errors"]:
