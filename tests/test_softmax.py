@@ -131,6 +131,36 @@ def test_backward_op_gradcheck(device, name, dim):
     assert torch.autograd.gradgradcheck(lambda g, y: op(g, y, dim), (grad, out))
 
 
+def float32_sweep(lo, hi, step):
+    """Every `step`-th float32 of [lo, hi] by bit pattern, and the values that end exp's range."""
+    bits = torch.arange(0, torch.tensor(hi, dtype=torch.float32).view(torch.int32).item(), step,
+                        dtype=torch.int32)
+    positive = bits.view(torch.float32)
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 88.72283, 88.72284,
+                             -87.33654, -103.9720, -103.98, -200.0])
+    return torch.cat([positive, -positive[positive <= -lo], specials])
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_log_softmax_backward_exp_within_one_ulp(dim):
+    """The float exp of the CPU rows and tiles (an inline polynomial, not ATen's Sleef call),
+    read through log_softmax_backward: g = (1, 0) and y = (0, v) give -exp(v) exactly."""
+    v = float32_sweep(-105.0, 90.0, 97)
+    y = torch.stack([torch.zeros_like(v), v], 1)
+    g = torch.stack([torch.ones_like(v), torch.zeros_like(v)], 1)
+    if dim == 0:
+        y, g = y.t().contiguous(), g.t().contiguous()
+    out = torch.ops.pyops.log_softmax_backward(g, y, dim)
+    ours = -(out[:, 1] if dim == 1 else out[1])
+    exact = v.double().exp()
+    rounded = exact.float()
+    finite = torch.isfinite(rounded) & (rounded != 0)
+    assert torch.equal(torch.isnan(ours), torch.isnan(v))
+    assert torch.equal(ours[~finite & ~torch.isnan(v)], rounded[~finite & ~torch.isnan(v)])
+    ulp = (torch.nextafter(rounded, torch.tensor(float("inf"))) - rounded).double()
+    assert ((ours.double() - exact).abs() / ulp)[finite].max().item() <= 1.0
+
+
 @device_params
 @op_params
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "expanded"])

@@ -111,7 +111,7 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
   const int64_t C = a.classes;
   const T max = row_max(x, C);
   const V vmax(max);
-  const T log_sum = std::log(row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, C, x));
+  const T log_sum = std::log(row_map_sum<T>([&](V v) { return exp_of(v - vmax); }, C, x));
   out.lse[p] = max + log_sum;  // also for ignored rows: the backward needs to know if it is NaN
   if (!q && target == a.ignore_index) {
     out.loss[p] = 0;
@@ -164,7 +164,7 @@ void ce_forward_tile(const T* x, const T* q, int64_t stride, int64_t width, int6
   const bool need_gap = q || a.smoothing != T(0);
   for_each_row_block(C, sum, width, [&](int64_t c, V* partial) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
-      partial[k] = partial[k] + (load(x + c * stride + j, n) - max[k]).exp();
+      partial[k] = partial[k] + exp_of(load(x + c * stride + j, n) - max[k]);
     });
   });
   if (need_gap) {
@@ -238,10 +238,10 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
         : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
     const V vq(a.with_z_share(wq_sum, lse));
     if (a.weight) {
-      row_map([&](V w, V qv, V v) { return vs * ((v - vlse).exp() * vq - w * (qv * vkeep + veps)); },
+      row_map([&](V w, V qv, V v) { return vs * (exp_of(v - vlse) * vq - w * (qv * vkeep + veps)); },
               gi, C, a.weight, q, x);
     } else {
-      row_map([&](V qv, V v) { return vs * ((v - vlse).exp() * vq - (qv * vkeep + veps)); }, gi, C,
+      row_map([&](V qv, V v) { return vs * (exp_of(v - vlse) * vq - (qv * vkeep + veps)); }, gi, C,
               q, x);
     }
     return;
@@ -249,9 +249,9 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
   const int64_t t = checked_target(target, C);
   const V va(a.with_z_share(keep * a.w(t) + eps_c * a.weight_sum, lse));
   if (a.weight) {
-    row_map([&](V w, V v) { return vs * ((v - vlse).exp() * va - veps * w); }, gi, C, a.weight, x);
+    row_map([&](V w, V v) { return vs * (exp_of(v - vlse) * va - veps * w); }, gi, C, a.weight, x);
   } else {
-    row_map([&](V v) { return vs * ((v - vlse).exp() * va - veps); }, gi, C, x);
+    row_map([&](V v) { return vs * (exp_of(v - vlse) * va - veps); }, gi, C, x);
   }
   gi[t] -= scale * keep * a.w(t);
 }
@@ -298,7 +298,7 @@ void ce_backward_tile(const T* x, const T* q, T* gi, int64_t stride, int64_t wid
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t n) {
       const T* xc = x + c * stride + j;
       const V minus = q ? w * (load(q + c * stride + j, n) * V(keep) + V(eps_c)) : w * V(eps_c);
-      (vs[k] * ((load(xc, n) - vlse[k]).exp() * va[k] - minus)).store(gi + c * stride + j, n);
+      (vs[k] * (exp_of(load(xc, n) - vlse[k]) * va[k] - minus)).store(gi + c * stride + j, n);
     });
   }
   if (q) return;

@@ -101,7 +101,7 @@ struct ElementwiseKernels {
     auto operator()(const Vs& v) const {
       using V = std::decay_t<decltype(v[kX])>;
       const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
-      const V log_sigmoid = at::vec::minimum(v[kX], V(0)) - v[kX].abs().neg().exp().log1p();
+      const V log_sigmoid = at::vec::minimum(v[kX], V(0)) - exp_of(v[kX].abs().neg()).log1p();
       return ((V(1) - v[kY]) * v[kX] - lw * log_sigmoid) * v[kW];
     }
   };
@@ -110,7 +110,7 @@ struct ElementwiseKernels {
     auto operator()(const Vs& v) const {
       using V = std::decay_t<decltype(v[kX])>;
       const V lw = (v[kPosW] - V(1)) * v[kY] + V(1);
-      const V sigmoid = (V(1) + v[kX].neg().exp()).reciprocal();
+      const V sigmoid = (V(1) + exp_of(v[kX].neg())).reciprocal();
       return (lw * sigmoid - v[kPosW] * v[kY]) * v[kW] * v[kGrad];
     }
   };

@@ -21,7 +21,7 @@ void softmax_row(const S* x, S* y, int64_t n) {
     buffer.resize(n);
     e = buffer.data();
   }
-  row_map([&](V v) { return (v - max).exp(); }, e, n, x);
+  row_map([&](V v) { return exp_of(v - max); }, e, n, x);
   const V scale(T(1) / row_sum(e, n));
   row_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(e));
 }
@@ -31,7 +31,7 @@ void log_softmax_row(const S* x, S* y, int64_t n) {
   using T = acc_t<S>;
   using V = Vectorized<T>;
   const V vmax(row_max(x, n));
-  const T sum = row_map_sum<T>([&](V v) { return (v - vmax).exp(); }, n, x);
+  const T sum = row_map_sum<T>([&](V v) { return exp_of(v - vmax); }, n, x);
   // (x - max) - log(sum), not x - (max + log(sum)): the latter absorbs log(sum) when |max| is huge.
   const V log_sum(std::log(sum));
   row_map([&](V v) { return (v - vmax) - log_sum; }, y, n, x);
@@ -50,7 +50,7 @@ template <typename S>
 void log_softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
   using V = Vectorized<acc_t<S>>;
   const V sum(row_sum(g, n));
-  row_map([&](V gv, V yv) { return gv - yv.exp() * sum; }, out, n, g, y);
+  row_map([&](V gv, V yv) { return gv - exp_of(yv) * sum; }, out, n, g, y);
 }
 
 // ---- tile kernels: `rows` rows of `width` columns, row stride `stride` ---------------------
@@ -73,7 +73,7 @@ void softmax_tile(const T* x, T* y, int64_t rows, int64_t width, int64_t stride,
   }
   for_each_row_block(rows, sum, width, [&](int64_t d, V* partial) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-      const V e = (load(x + d * stride + j, c) - max[k]).exp();
+      const V e = exp_of(load(x + d * stride + j, c) - max[k]);
       partial[k] = partial[k] + e;
       if (!log) e.store(y + d * stride + j, c);
     });
@@ -107,7 +107,7 @@ void softmax_backward_tile(const T* g, const T* y, T* out, int64_t rows, int64_t
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
       const int64_t at = d * stride + j;
       const V gv = load(g + at, c), yv = load(y + at, c);
-      (log ? gv - yv.exp() * acc[k] : yv * (gv - acc[k])).store(out + at, c);
+      (log ? gv - exp_of(yv) * acc[k] : yv * (gv - acc[k])).store(out + at, c);
     });
   }
 }
