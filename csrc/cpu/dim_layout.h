@@ -66,9 +66,18 @@ T row_max(const S* x, int64_t n) {
   using V = Vectorized<T>;
   const auto vmax = [](V a, V b) { return at::vec::maximum(a, b); };  // NaN wins
   return blocked_reduce<T>(n, -std::numeric_limits<T>::infinity(), [&](int64_t begin, int64_t len) {
-    V acc(-std::numeric_limits<T>::infinity());
+    // Four running maxima: one would wait on each compare's latency.
+    constexpr int64_t step = V::size();
+    V acc(-std::numeric_limits<T>::infinity()), acc1 = acc, acc2 = acc, acc3 = acc;
     int64_t i = begin;
-    for (; i + V::size() <= begin + len; i += V::size()) acc = vmax(acc, load_as<T>(x + i, V::size()));
+    for (; i + 4 * step <= begin + len; i += 4 * step) {
+      acc = vmax(acc, load_as<T>(x + i, step));
+      acc1 = vmax(acc1, load_as<T>(x + i + step, step));
+      acc2 = vmax(acc2, load_as<T>(x + i + 2 * step, step));
+      acc3 = vmax(acc3, load_as<T>(x + i + 3 * step, step));
+    }
+    acc = vmax(vmax(acc, acc1), vmax(acc2, acc3));
+    for (; i + step <= begin + len; i += step) acc = vmax(acc, load_as<T>(x + i, step));
     if (const int64_t rest = begin + len - i; rest > 0) {
       acc = V::set(acc, vmax(acc, load_as<T>(x + i, rest)), rest);
     }
@@ -81,11 +90,18 @@ template <typename T, typename VecFn, typename... Inputs>
 T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
   using V = Vectorized<T>;
   return blocked_reduce<T>(n, T(0), [&](int64_t begin, int64_t len) {
-    V acc(0);
+    constexpr int64_t step = V::size();
+    const auto term = [&](int64_t i) { return vec_fn(load_as<T>(in + i, step)...); };
+    V acc(0), acc1(0), acc2(0), acc3(0);  // four running sums, as row_max
     int64_t i = begin;
-    for (; i + V::size() <= begin + len; i += V::size()) {
-      acc = acc + vec_fn(load_as<T>(in + i, V::size())...);
+    for (; i + 4 * step <= begin + len; i += 4 * step) {
+      acc = acc + term(i);
+      acc1 = acc1 + term(i + step);
+      acc2 = acc2 + term(i + 2 * step);
+      acc3 = acc3 + term(i + 3 * step);
     }
+    acc = (acc + acc1) + (acc2 + acc3);
+    for (; i + step <= begin + len; i += step) acc = acc + term(i);
     if (const int64_t rest = begin + len - i; rest > 0) {
       acc = V::set(acc, acc + vec_fn(load_as<T>(in + i, rest)...), rest);
     }
