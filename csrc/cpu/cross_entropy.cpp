@@ -104,8 +104,9 @@ at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
 
 // ---- cross_entropy forward ------------------------------------------------------------------
 
-template <typename T>
-void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const LossArgs<T>& a,
+// Rows are read as they are stored (S; half types widened as they are loaded), computed in T.
+template <typename S, typename T>
+void ce_forward_row(const S* x, const S* q, int64_t p, int64_t target, const LossArgs<T>& a,
                     const ForwardOut<T>& out) {
   using V = Vectorized<T>;
   const int64_t C = a.classes;
@@ -139,7 +140,8 @@ void ce_forward_row(const T* x, const T* q, int64_t p, int64_t target, const Los
                            : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
     smooth_term = gap + a.weight_sum * log_sum;
   }
-  store_class_loss(a, out, p, a.w(t) * ((max - x[t]) + log_sum), smooth_term, out.lse[p]);
+  store_class_loss(a, out, p, a.w(t) * ((max - static_cast<T>(x[t])) + log_sum), smooth_term,
+                   out.lse[p]);
 }
 
 // The same for a tile: `width` positions p0.. side by side, class c of position j at
@@ -221,8 +223,8 @@ T ignored_gradient(T lse) {
   return std::isnan(lse) ? std::numeric_limits<T>::quiet_NaN() : T(0);
 }
 
-template <typename T>
-void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T lse,
+template <typename S, typename T>
+void ce_backward_row(const S* x, const S* q, S* gi, int64_t target, T scale, T lse,
                      const LossArgs<T>& a) {
   using V = Vectorized<T>;
   const int64_t C = a.classes;
@@ -248,12 +250,23 @@ void ce_backward_row(const T* x, const T* q, T* gi, int64_t target, T scale, T l
   }
   const int64_t t = checked_target(target, C);
   const V va(a.with_z_share(keep * a.w(t) + eps_c * a.weight_sum, lse));
+  const auto weighted = [&](V w, V v) { return vs * (exp_of(v - vlse) * va - veps * w); };
+  const auto plain = [&](V v) { return vs * (exp_of(v - vlse) * va - veps); };
+  const T xt = static_cast<T>(x[t]);  // before gi, which may be x itself, is written
   if (a.weight) {
-    row_map([&](V w, V v) { return vs * (exp_of(v - vlse) * va - veps * w); }, gi, C, a.weight, x);
+    row_map(weighted, gi, C, a.weight, x);
   } else {
-    row_map([&](V v) { return vs * (exp_of(v - vlse) * va - veps); }, gi, C, x);
+    row_map(plain, gi, C, x);
   }
-  gi[t] -= scale * keep * a.w(t);
+  const T target_share = scale * keep * a.w(t);
+  if constexpr (std::is_same_v<S, T>) {
+    gi[t] -= target_share;
+  } else {  // rounded once: the target's element again in T, less its share
+    const V v(xt);
+    T g;
+    (a.weight ? weighted(V(a.weight[t]), v) : plain(v)).store(&g, 1);
+    gi[t] = static_cast<S>(g - target_share);
+  }
 }
 
 template <typename T>
@@ -355,18 +368,27 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
     if (positions > 0 && s.dim > 0) {
       for_each_piece<T>(s, [&](const Piece& piece) {
         thread_local Stage<scalar_t> stage;
-        const T* x = staged_logits(stage, xp, piece, args);
-        const T* q = qp ? stage.in(1, qp, piece) : nullptr;
         if (s.inner == 1) {
-          const int64_t p = piece.offset / s.dim;
-          ce_forward_row(x, q, p, tp ? tp[p] : 0, args, out);
-          if (gp) {
-            T* g = stage.out(2, gp, piece);
-            ce_backward_row(x, q, g, tp ? tp[p] : 0, scale, out.lse[p], args);
-            if (args.cap != T(0)) through_soft_cap(g, x, piece.width, args.cap);
+          const int64_t p = piece.offset / s.dim, target = tp ? tp[p] : 0;
+          const auto row = [&](const auto* x, const auto* q, auto* g) {
+            ce_forward_row(x, q, p, target, args, out);
+            if (g) ce_backward_row(x, q, g, target, scale, out.lse[p], args);
+          };
+          if (args.cap == T(0)) {
+            row(xp + piece.offset, qp ? qp + piece.offset : nullptr,
+                gp ? gp + piece.offset : nullptr);
+            return;
+          }
+          const T* x = staged_logits(stage, xp, piece, args);
+          T* g = gp ? stage.out(2, gp, piece) : nullptr;
+          row(x, qp ? stage.in(1, qp, piece) : nullptr, g);
+          if (g) {
+            through_soft_cap(g, x, piece.width, args.cap);
             stage.store(2, gp, piece);
           }
         } else {
+          const T* x = staged_logits(stage, xp, piece, args);
+          const T* q = qp ? stage.in(1, qp, piece) : nullptr;
           const int64_t o = piece.offset / (s.dim * s.inner), j = piece.offset % s.inner;
           ce_forward_tile(x, q, stage.stride(piece), piece.width, o * s.inner + j, tp, args, out);
         }
@@ -421,6 +443,12 @@ struct CrossEntropyKernels {
     const int64_t* tp = prep.soft ? nullptr : prep.target.const_data_ptr<int64_t>();
     scalar_t* rp = result.mutable_data_ptr<scalar_t>();
     for_each_piece<T>(s, [&](const Piece& piece) {
+      if (s.inner == 1 && args.cap == T(0)) {  // rows read and written as they are stored
+        const int64_t p = piece.offset / s.dim;
+        ce_backward_row(xp + piece.offset, qp ? qp + piece.offset : nullptr, rp + piece.offset,
+                        tp ? tp[p] : 0, scale[p], lp[p], args);
+        return;
+      }
       thread_local Stage<scalar_t> stage;
       const T* x = staged_logits(stage, xp, piece, args);
       const T* q = qp ? stage.in(1, qp, piece) : nullptr;

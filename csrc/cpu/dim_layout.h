@@ -3,7 +3,8 @@
 // A dense tensor is viewed as {outer, dim, inner} in memory order (a transposed input is
 // permuted, not copied). inner == 1 gives contiguous rows; otherwise work is split into tiles
 // of columns, vectorized across `inner`, so the reduced dim never has to be moved. Half types
-// are staged into float per row or tile, so every sum and exp runs in float.
+// are widened to float as a row is loaded, or staged into float per tile, so every sum and exp
+// runs in float.
 #pragma once
 
 #include "common.h"
