@@ -6,7 +6,9 @@ hands to collectives in a step (the tensors' sizes: gloo's traffic on the wire i
 multiple of that); the memory is the larger rank's.
 """
 
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -91,9 +93,16 @@ def _rank_records(rank, world, quick, huge_pages, dtypes, copy_bps, out):
                                           sent)
         if rank == 0:
             torch.save(records, f"{out}/records.pt")
-        dist.barrier()
-    finally:
+        dist.barrier()  # no rank leaves while another may still call the group
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Then the rank ends at once, without tearing the group down: the gloo group's destructor
+    # can deadlock (it holds the GIL while joining a thread that frees the last barrier's work,
+    # which takes the GIL) or abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _case_records(rank, mesh, dtype, shape, quick, huge_pages, copy_bps, sent):

@@ -1,5 +1,8 @@
 """Shared test helpers: devices, dtypes, tolerances, input layouts."""
 
+import os
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -154,9 +157,16 @@ def _rank(rank, world, backend, store, out, fn):
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.save(fn(rank, world), f"{out}/rank{rank}.pt")
-        dist.barrier()
-    finally:
+        dist.barrier()  # no rank leaves while another may still call the group
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Then the rank ends at once, without tearing the group down: the gloo group's destructor
+    # can deadlock (it holds the GIL while joining a thread that frees the last barrier's work,
+    # which takes the GIL; seen with DDP's reducer) or abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def on_ranks(fn, world, tmp, backend="gloo"):
