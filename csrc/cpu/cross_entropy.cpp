@@ -240,8 +240,9 @@ void ce_backward_row(const S* x, const S* q, S* gi, int64_t target, T scale, T l
         : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
     const V vq(a.with_z_share(wq_sum, lse));
     if (a.weight) {
-      row_map([&](V w, V qv, V v) { return vs * (exp_of(v - vlse) * vq - w * (qv * vkeep + veps)); },
-              gi, C, a.weight, q, x);
+      row_map([&](V w, V qv, V v) {
+        return vs * (exp_of(v - vlse) * vq - w * (qv * vkeep + veps));
+      }, gi, C, a.weight, q, x);
     } else {
       row_map([&](V qv, V v) { return vs * (exp_of(v - vlse) * vq - (qv * vkeep + veps)); }, gi, C,
               q, x);
