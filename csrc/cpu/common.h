@@ -33,9 +33,9 @@ using acc_t = std::conditional_t<at::is_reduced_floating_point_v<scalar_t>, floa
 
 // exp of each lane. For float, inline instead of ATen's out-of-line Sleef call, whose cost
 // bounds the softmax and cross-entropy rows: exp(r) * 2^n with n = round(x / ln 2), r reduced
-// with ln 2 in two parts and exp(r) to degree 7 (|r| <= ln2 / 2). At most 0.93 ulp from exp
-// over every third float of [-105, 90] (Sleef's u10: 0.98); exp(-inf) = 0, exp(inf) = inf,
-// NaN stays NaN, results below FLT_MIN rounded once.
+// with ln 2 in two parts and exp(r) to degree 7 (|r| <= ln2 / 2). Within one ulp, as Sleef's
+// (tests/test_softmax.py; figures in benchmarks/NOTES.md); exp(-inf) = 0, exp(inf) = inf, NaN
+// stays NaN, results below FLT_MIN rounded once.
 template <typename T>
 inline at::vec::Vectorized<T> exp_of(const at::vec::Vectorized<T>& v) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -140,7 +140,7 @@ inline void store_as(S* p, int64_t count, const at::vec::Vectorized<T>& v) {
     const auto rounded = at::vec::convert_from_float<S>(v, v);
     if (count < at::vec::Vectorized<T>::size()) return rounded.store(p, count);
     // A whole float vector fills half of `rounded`: copied out, as a masked store of it is
-    // slow on some CPUs (AMD Zen 4: the bfloat16 head's gradient pass took 7x its exp pass).
+    // slow on some CPUs (AMD Zen 4).
     S lanes[at::vec::Vectorized<S>::size()];
     rounded.store(lanes);
     std::memcpy(p, lanes, count * sizeof(S));
