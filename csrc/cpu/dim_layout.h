@@ -62,27 +62,32 @@ T blocked_reduce(int64_t n, T init, const BlockFn& block_fn, const Combine& comb
 // The row helpers take rows of any dtype S and compute in T = acc_t<S>: half types are widened
 // as they are loaded (load_as) and rounded once as they are stored (store_as).
 
+// combine() over the lanes of term(i, count) for the vectors of [begin, begin + len): four
+// running vectors side by side (one would wait on each step's latency), then across lanes.
+template <typename T, typename Term, typename Combine>
+T reduce_span(int64_t begin, int64_t len, T init, const Term& term, const Combine& combine) {
+  using V = Vectorized<T>;
+  constexpr int64_t step = V::size();
+  const int64_t end = begin + len;
+  V acc[4] = {V(init), V(init), V(init), V(init)};
+  int64_t i = begin;
+  for (; i + 4 * step <= end; i += 4 * step) {
+    for (int k = 0; k < 4; ++k) acc[k] = combine(acc[k], term(i + k * step, step));
+  }
+  V total = combine(combine(acc[0], acc[1]), combine(acc[2], acc[3]));
+  for (; i + step <= end; i += step) total = combine(total, term(i, step));
+  if (i < end) total = V::set(total, combine(total, term(i, end - i)), end - i);
+  return at::vec::vec_reduce_all<T>(combine, total);
+}
+
 template <typename S, typename T = acc_t<S>>
 T row_max(const S* x, int64_t n) {
   using V = Vectorized<T>;
   const auto vmax = [](V a, V b) { return at::vec::maximum(a, b); };  // NaN wins
-  return blocked_reduce<T>(n, -std::numeric_limits<T>::infinity(), [&](int64_t begin, int64_t len) {
-    // Four running maxima: one would wait on each compare's latency.
-    constexpr int64_t step = V::size();
-    V acc(-std::numeric_limits<T>::infinity()), acc1 = acc, acc2 = acc, acc3 = acc;
-    int64_t i = begin;
-    for (; i + 4 * step <= begin + len; i += 4 * step) {
-      acc = vmax(acc, load_as<T>(x + i, step));
-      acc1 = vmax(acc1, load_as<T>(x + i + step, step));
-      acc2 = vmax(acc2, load_as<T>(x + i + 2 * step, step));
-      acc3 = vmax(acc3, load_as<T>(x + i + 3 * step, step));
-    }
-    acc = vmax(vmax(acc, acc1), vmax(acc2, acc3));
-    for (; i + step <= begin + len; i += step) acc = vmax(acc, load_as<T>(x + i, step));
-    if (const int64_t rest = begin + len - i; rest > 0) {
-      acc = V::set(acc, vmax(acc, load_as<T>(x + i, rest)), rest);
-    }
-    return at::vec::vec_reduce_all<T>(vmax, acc);
+  constexpr T lowest = -std::numeric_limits<T>::infinity();
+  return blocked_reduce<T>(n, lowest, [&](int64_t begin, int64_t len) {
+    return reduce_span<T>(begin, len, lowest,
+                          [&](int64_t i, int64_t count) { return load_as<T>(x + i, count); }, vmax);
   }, [](T a, T b) { return std::isnan(a) || a > b ? a : b; });
 }
 
@@ -91,22 +96,9 @@ template <typename T, typename VecFn, typename... Inputs>
 T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
   using V = Vectorized<T>;
   return blocked_reduce<T>(n, T(0), [&](int64_t begin, int64_t len) {
-    constexpr int64_t step = V::size();
-    const auto term = [&](int64_t i) { return vec_fn(load_as<T>(in + i, step)...); };
-    V acc(0), acc1(0), acc2(0), acc3(0);  // four running sums, as row_max
-    int64_t i = begin;
-    for (; i + 4 * step <= begin + len; i += 4 * step) {
-      acc = acc + term(i);
-      acc1 = acc1 + term(i + step);
-      acc2 = acc2 + term(i + 2 * step);
-      acc3 = acc3 + term(i + 3 * step);
-    }
-    acc = (acc + acc1) + (acc2 + acc3);
-    for (; i + step <= begin + len; i += step) acc = acc + term(i);
-    if (const int64_t rest = begin + len - i; rest > 0) {
-      acc = V::set(acc, acc + vec_fn(load_as<T>(in + i, rest)...), rest);
-    }
-    return at::vec::vec_reduce_all<T>([](V x, V y) { return x + y; }, acc);
+    return reduce_span<T>(begin, len, T(0), [&](int64_t i, int64_t count) {
+      return vec_fn(load_as<T>(in + i, count)...);
+    }, [](V a, V b) { return a + b; });
   }, std::plus<T>());
 }
 
