@@ -127,8 +127,34 @@ inline at::vec::Vectorized<T> load_as(const S* p, int64_t count) {
   if constexpr (std::is_same_v<S, T>) {
     return load(p, count);
   } else {
+    at::vec::Vectorized<T> v;
+    if (count == v.size()) {
+      at::vec::load_to_float(p, v);  // a plain half-width load, not a masked one
+      return v;
+    }
     return std::get<0>(at::vec::convert_to_float<S>(at::vec::Vectorized<S>::loadu(p, count)));
   }
+}
+
+// 2 * Vectorized<T>::size() elements of p as two vectors of T, half types widened.
+template <typename T, typename S>
+inline std::tuple<at::vec::Vectorized<T>, at::vec::Vectorized<T>> load_two_as(const S* p) {
+  using V = at::vec::Vectorized<T>;
+  if constexpr (std::is_same_v<S, T>) {
+    return {V::loadu(p), V::loadu(p + V::size())};
+  } else {
+    return at::vec::convert_to_float<S>(at::vec::Vectorized<S>::loadu(p));
+  }
+}
+
+// out[i] = vec_fn(in0[i], in1[i], ...) for one whole vector of a half type Out (two float
+// vectors): every input loaded once, widened to float, and the result rounded once.
+template <typename Out, typename VecFn, typename... Inputs>
+inline void map_half_vector(const VecFn& vec_fn, Out* out, const Inputs*... in) {
+  const auto halves = std::make_tuple(load_two_as<float>(in)...);
+  const auto lo = std::apply([&](const auto&... h) { return vec_fn(std::get<0>(h)...); }, halves);
+  const auto hi = std::apply([&](const auto&... h) { return vec_fn(std::get<1>(h)...); }, halves);
+  at::vec::convert_from_float<Out>(lo, hi).store(out);
 }
 
 // The first `count` lanes of v stored as S, rounded once where S is a half type.
@@ -158,10 +184,7 @@ C10_NOINLINE void vec_map_whole(const VecFn& vec_fn, scalar_t* out, int64_t n,
   using Vec = at::vec::Vectorized<scalar_t>;
   for (int64_t i = 0; i < n; i += Vec::size()) {
     if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
-      const auto halves = std::make_tuple(at::vec::convert_to_float<scalar_t>(Vec::loadu(in + i))...);
-      const auto lo = std::apply([&](const auto&... h) { return vec_fn(std::get<0>(h)...); }, halves);
-      const auto hi = std::apply([&](const auto&... h) { return vec_fn(std::get<1>(h)...); }, halves);
-      at::vec::convert_from_float<scalar_t>(lo, hi).store(out + i);
+      map_half_vector(vec_fn, out + i, (in + i)...);
     } else {
       vec_fn(Vec::loadu(in + i)...).store(out + i);
     }

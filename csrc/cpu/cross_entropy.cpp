@@ -52,7 +52,7 @@ template <typename T>
 void soft_cap(T* x, int64_t n, T cap) {
   using V = Vectorized<T>;
   const V c(cap);
-  row_map([&](V v) { return c * (v / c).tanh(); }, x, n, x);
+  row_map([c](V v) { return c * (v / c).tanh(); }, x, n, x);
 }
 
 // The gradient g with respect to capped logits x made one with respect to the logits.
@@ -60,7 +60,7 @@ template <typename T>
 void through_soft_cap(T* g, const T* x, int64_t n, T cap) {
   using V = Vectorized<T>;
   const V c(cap), one(1);
-  row_map([&](V gv, V v) {
+  row_map([c, one](V gv, V v) {
     const V t = v / c;
     return gv * ((one - t) * (one + t));
   }, g, n, g, x);
@@ -240,19 +240,19 @@ void ce_backward_row(const S* x, const S* q, S* gi, int64_t target, T scale, T l
         : row_map_sum<T>([&](V qv) { return qv * vkeep + veps; }, C, q);
     const V vq(a.with_z_share(wq_sum, lse));
     if (a.weight) {
-      row_map([&](V w, V qv, V v) {
+      row_map([=](V w, V qv, V v) {
         return vs * (exp_of(v - vlse) * vq - w * (qv * vkeep + veps));
       }, gi, C, a.weight, q, x);
     } else {
-      row_map([&](V qv, V v) { return vs * (exp_of(v - vlse) * vq - (qv * vkeep + veps)); }, gi, C,
+      row_map([=](V qv, V v) { return vs * (exp_of(v - vlse) * vq - (qv * vkeep + veps)); }, gi, C,
               q, x);
     }
     return;
   }
   const int64_t t = checked_target(target, C);
   const V va(a.with_z_share(keep * a.w(t) + eps_c * a.weight_sum, lse));
-  const auto weighted = [&](V w, V v) { return vs * (exp_of(v - vlse) * va - veps * w); };
-  const auto plain = [&](V v) { return vs * (exp_of(v - vlse) * va - veps); };
+  const auto weighted = [=](V w, V v) { return vs * (exp_of(v - vlse) * va - veps * w); };
+  const auto plain = [=](V v) { return vs * (exp_of(v - vlse) * va - veps); };
   const T xt = static_cast<T>(x[t]);  // before gi, which may be x itself, is written
   if (a.weight) {
     row_map(weighted, gi, C, a.weight, x);

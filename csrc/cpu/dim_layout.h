@@ -112,21 +112,36 @@ acc_t<S> row_dot(const S* a, const S* b, int64_t n) {
   return row_map_sum<acc_t<S>>([](auto x, auto y) { return x * y; }, n, a, b);
 }
 
-// out[i] = vec_fn(in0[i], in1[i], ...) for i < n, in acc_t<Out>; split across threads where
-// split_row says so.
+// out[i] = vec_fn(in0[i], in1[i], ...) for i in [begin, end), in acc_t<Out>. Everything is
+// taken by value: a vector store may alias any memory, so pointers and vectors reached through
+// references would be loaded again after every store.
 template <typename Out, typename VecFn, typename... Inputs>
-void row_map(const VecFn& vec_fn, Out* out, int64_t n, const Inputs*... in) {
+void map_span(const VecFn vec_fn, Out* const out, int64_t begin, int64_t end,
+              const Inputs* const... in) {
   using T = acc_t<Out>;
   using V = Vectorized<T>;
-  const auto map = [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    for (; i + V::size() <= end; i += V::size()) {
-      store_as(out + i, V::size(), vec_fn(load_as<T>(in + i, V::size())...));
-    }
-    if (i < end) store_as(out + i, end - i, vec_fn(load_as<T>(in + i, end - i)...));
-  };
-  if (!split_row(n)) return map(0, n);
-  parallel_for(0, n, kRowGrainBlocks * kSumBlock, map);
+  int64_t i = begin;
+  if constexpr (!std::is_same_v<Out, T>) {
+    // Half types a whole vector of them at a time: one load and one store per input and output
+    // where single float vectors would need half-width ones.
+    for (; i + 2 * V::size() <= end; i += 2 * V::size()) map_half_vector(vec_fn, out + i, (in + i)...);
+  }
+  for (; i + V::size() <= end; i += V::size()) {
+    store_as(out + i, V::size(), vec_fn(load_as<T>(in + i, V::size())...));
+  }
+  if (i < end) store_as(out + i, end - i, vec_fn(load_as<T>(in + i, end - i)...));
+}
+
+// map_span over a row of n elements, split across threads where split_row says so. vec_fn
+// should capture by value, for the reason above. Threads' shares start on block boundaries, so
+// every element goes through the same one of map_span's loops whatever the thread count (the
+// compiler may contract a*b+c into FMAs differently in each).
+template <typename Out, typename VecFn, typename... Inputs>
+void row_map(const VecFn& vec_fn, Out* out, int64_t n, const Inputs*... in) {
+  if (!split_row(n)) return map_span(vec_fn, out, 0, n, in...);
+  parallel_for(0, (n + kSumBlock - 1) / kSumBlock, kRowGrainBlocks, [&](int64_t first, int64_t last) {
+    map_span(vec_fn, out, first * kSumBlock, std::min(n, last * kSumBlock), in...);
+  });
 }
 
 // at::vec::convert over a row, split as row_map.

@@ -21,9 +21,9 @@ void softmax_row(const S* x, S* y, int64_t n) {
     buffer.resize(n);
     e = buffer.data();
   }
-  row_map([&](V v) { return exp_of(v - max); }, e, n, x);
+  row_map([max](V v) { return exp_of(v - max); }, e, n, x);
   const V scale(T(1) / row_sum(e, n));
-  row_map([&](V v) { return v * scale; }, y, n, static_cast<const T*>(e));
+  row_map([scale](V v) { return v * scale; }, y, n, static_cast<const T*>(e));
 }
 
 template <typename S>
@@ -34,7 +34,7 @@ void log_softmax_row(const S* x, S* y, int64_t n) {
   const T sum = row_map_sum<T>([&](V v) { return exp_of(v - vmax); }, n, x);
   // (x - max) - log(sum), not x - (max + log(sum)): the latter absorbs log(sum) when |max| is huge.
   const V log_sum(std::log(sum));
-  row_map([&](V v) { return (v - vmax) - log_sum; }, y, n, x);
+  row_map([vmax, log_sum](V v) { return (v - vmax) - log_sum; }, y, n, x);
 }
 
 // grad_in = y * (g - sum(g * y))
@@ -42,7 +42,7 @@ template <typename S>
 void softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
   using V = Vectorized<acc_t<S>>;
   const V dot(row_dot(g, y, n));
-  row_map([&](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
+  row_map([dot](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
 }
 
 // grad_in = g - exp(y) * sum(g)
@@ -50,7 +50,7 @@ template <typename S>
 void log_softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
   using V = Vectorized<acc_t<S>>;
   const V sum(row_sum(g, n));
-  row_map([&](V gv, V yv) { return gv - exp_of(yv) * sum; }, out, n, g, y);
+  row_map([sum](V gv, V yv) { return gv - exp_of(yv) * sum; }, out, n, g, y);
 }
 
 // ---- tile kernels: `rows` rows of `width` columns, row stride `stride` ---------------------
