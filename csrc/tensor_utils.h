@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -94,12 +93,18 @@ struct Shape3 {
 };
 
 // The dims of dense `t` ordered from largest to smallest stride: t.permute(order) is contiguous.
-inline std::vector<int64_t> memory_order(const at::Tensor& t) {
-  std::vector<int64_t> order(t.dim());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return t.stride(a) > t.stride(b) || (t.stride(a) == t.stride(b) && t.size(a) > t.size(b));
-  });
+// Sorted by insertion, stable, into a small vector: a few dims, and no allocation per call.
+inline c10::SmallVector<int64_t, 8> memory_order(const at::Tensor& t) {
+  const auto sizes = t.sizes(), strides = t.strides();
+  const auto before = [&](int64_t a, int64_t b) {
+    return strides[a] > strides[b] || (strides[a] == strides[b] && sizes[a] > sizes[b]);
+  };
+  c10::SmallVector<int64_t, 8> order;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    auto at = order.end();
+    while (at != order.begin() && before(d, *(at - 1))) --at;
+    order.insert(at, d);
+  }
   return order;
 }
 

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -78,15 +79,19 @@ inline void advise_huge_pages(void* data, size_t nbytes) {
 #endif
 }
 
-// at::empty_like / at::empty for a kernel's output, with huge pages for large ones.
+// at::empty_like / at::empty for a kernel's output, with huge pages for large ones. Dense
+// outputs come from the CPU allocator directly, as ATen's own kernels get theirs: through the
+// dispatcher, at::empty_like costs a good part of a small call.
 inline at::Tensor output_like(const at::Tensor& like) {
-  auto out = at::empty_like(like);
+  at::Tensor out = like.is_non_overlapping_and_dense()
+      ? at::Tensor(at::detail::empty_strided_cpu(like.sizes(), like.strides(), like.scalar_type()))
+      : at::empty_like(like);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
 
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto out = at::empty(sizes, options);
+  at::Tensor out = at::detail::empty_cpu(sizes, options);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
