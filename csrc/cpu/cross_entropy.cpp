@@ -349,10 +349,10 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
-  auto losses = at::empty({positions}, input.options().dtype(acc));
+  auto losses = new_output({positions}, input.options().dtype(acc));
   const bool split = options.split_smoothing(prep.soft);
-  auto smooth = split ? at::empty({positions}, input.options().dtype(acc)) : at::Tensor();
-  auto lse = at::empty(prep.position_shape, input.options().dtype(acc));
+  auto smooth = split ? new_output({positions}, input.options().dtype(acc)) : at::Tensor();
+  auto lse = new_output(prep.position_shape, input.options().dtype(acc));
   at::Tensor denominator;
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;
@@ -509,7 +509,7 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
   const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
-  auto losses = at::empty({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
+  auto losses = new_output({positions}, input.options().dtype(acc_dtype(input.scalar_type())));
   at::Tensor denominator;
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), prep.op, [&] {
     using T = acc_t<scalar_t>;

@@ -32,7 +32,7 @@ constexpr int64_t kRowGrainBlocks = std::max<int64_t>(1, at::internal::GRAIN_SIZ
 
 // Whether the row helpers below split a row of n elements across threads: only where no
 // parallel region already spreads rows over the threads (a few long rows; see for_each_piece).
-inline bool split_row(int64_t n) {
+C10_ALWAYS_INLINE bool split_row(int64_t n) {  // inlined: called per row
   return n >= 2 * kRowGrainBlocks * kSumBlock && !at::in_parallel_region() &&
          at::get_num_threads() > 1;
 }
