@@ -72,7 +72,7 @@ using BinaryWithDim = Tensor(const Tensor&, const Tensor&, int64_t);
 // y = f(x) or f(x, dim); the backward op takes the saved output (grad, y, [dim]), or with
 // kSavesInput the input (grad, x).
 template <const char* kForward, const char* kBackward, bool kSavesInput, typename... Dim>
-struct Saves : Function<Saves<kForward, kBackward, kSavesInput, Dim...>> {
+struct Saves {
   static constexpr const char* kName = kForward;
   using Signature = Tensor(const Tensor&, Dim...);
 
@@ -117,7 +117,7 @@ Tensor gelu_tanh_second(const Tensor& x) {
 }
 
 template <const char* kBackward, SecondDerivative kSecond>
-struct ActivationBackward : Function<ActivationBackward<kBackward, kSecond>> {
+struct ActivationBackward {
   static constexpr const char* kName = kBackward;
   using Signature = Binary;
 
@@ -173,7 +173,7 @@ using SoftmaxSecond = variable_list (*)(AutogradContext*, const Tensor&, const T
                                         const Tensor&, int64_t);
 
 template <const char* kBackward, SoftmaxSecond kSecond>
-struct SoftmaxFamilyBackward : Function<SoftmaxFamilyBackward<kBackward, kSecond>> {
+struct SoftmaxFamilyBackward {
   static constexpr const char* kName = kBackward;
   using Signature = BinaryWithDim;
 
@@ -283,7 +283,7 @@ Capped capped(const Tensor& x, double cap) {
   return {t * cap, slope, -2 / cap * t * slope};
 }
 
-struct CrossEntropy : Function<CrossEntropy> {
+struct CrossEntropy {
   static constexpr const char* kName = kCrossEntropy;
   using Signature = CrossEntropySig;
 
@@ -346,7 +346,7 @@ std::pair<Tensor, Tensor> target_weights(const Tensor& target, const Tensor& wei
 //   d grad  = reduced sum of gg * u * m,
 //   d input = s * (gg * u' * m + u * (A * softmax_backward(h, p) + 2 zeta p sum(h p))), h = gg u,
 //   d q     = s * (1 - eps) * w * (sum(h p) - h)   (probability targets).
-struct CrossEntropyBackward : Function<CrossEntropyBackward> {
+struct CrossEntropyBackward {
   static constexpr const char* kName = kCrossEntropyBackward;
   using Signature = CrossEntropyBackwardSig;
 
@@ -425,7 +425,7 @@ struct CrossEntropyBackward : Function<CrossEntropyBackward> {
 
 // ---- nll_loss -------------------------------------------------------------------------------
 
-struct NllLoss : Function<NllLoss> {
+struct NllLoss {
   static constexpr const char* kName = kNllLoss;
   using Signature = NllLossSig;
 
@@ -446,7 +446,7 @@ struct NllLoss : Function<NllLoss> {
 };
 
 // nll_loss_backward is linear in grad and constant in input: its adjoint is nll_loss itself.
-struct NllLossBackward : Function<NllLossBackward> {
+struct NllLossBackward {
   static constexpr const char* kName = kNllLossBackward;
   using Signature = NllLossBackwardSig;
 
@@ -636,7 +636,7 @@ template <typename Spec, typename Signature>
 struct Loss;
 
 template <typename Spec, typename... A>
-struct Loss<Spec, Tensor(A...)> : Function<Loss<Spec, Tensor(A...)>> {
+struct Loss<Spec, Tensor(A...)> {
   static constexpr const char* kName = Spec::kName;
   using Signature = Tensor(A...);
 
@@ -680,7 +680,7 @@ template <typename Spec, typename Signature>
 struct LossBackward;
 
 template <typename Spec, typename... A>
-struct LossBackward<Spec, Tensor(A...)> : Function<LossBackward<Spec, Tensor(A...)>> {
+struct LossBackward<Spec, Tensor(A...)> {
   static constexpr const char* kName = Spec::kBackward;
   using Signature = Tensor(A...);
 
@@ -745,7 +745,7 @@ using LinearCrossEntropyBackwardSig = std::tuple<Tensor, Tensor, Tensor>(
 // graph computes them again, to the same bits. 'none' recomputes the logits in its backward.
 // Neither is differentiable again: the gradients come from fused kernels, and a second
 // derivative is refused rather than silently zero.
-struct LinearCrossEntropy : Function<LinearCrossEntropy> {
+struct LinearCrossEntropy {
   static constexpr const char* kName = kLinearCrossEntropy;
   using Signature = LinearCrossEntropySig;
 
@@ -816,44 +816,54 @@ struct LinearCrossEntropy : Function<LinearCrossEntropy> {
 };
 
 }  // namespace
+
+// Each operator's autograd::Function, a struct with a plain name of its own: autograd demangles
+// a node's type name on every backward call, and a template's name is several times as slow to
+// demangle. The name also reads well in grad_fn: CppNode<pyops::backward_of::softmax>.
+namespace backward_of {
+#define PYOPS_FUNCTION(op, ...) \
+  struct op : __VA_ARGS__, Function<op> {};
+#define PYOPS_ACTIVATION_FUNCTIONS(name, saved)                                  \
+  PYOPS_FUNCTION(name, Saves<names::name, names::name##_backward, PYOPS_SAVES_##saved>) \
+  PYOPS_FUNCTION(name##_backward, ActivationBackward<names::name##_backward, name##_second>)
+PYOPS_ACTIVATIONS(PYOPS_ACTIVATION_FUNCTIONS)
+#undef PYOPS_ACTIVATION_FUNCTIONS
+
+// The other operators with autograd: X(op, what its Function derives from).
+#define PYOPS_AUTOGRAD_OPS(X)                                                                   \
+  X(softmax, Saves<kSoftmax, kSoftmaxBackward, false, int64_t>)                                 \
+  X(log_softmax, Saves<kLogSoftmax, kLogSoftmaxBackward, false, int64_t>)                       \
+  X(softmax_backward, SoftmaxFamilyBackward<kSoftmaxBackward, softmax_second>)                  \
+  X(log_softmax_backward, SoftmaxFamilyBackward<kLogSoftmaxBackward, log_softmax_second>)       \
+  X(cross_entropy, CrossEntropy)                                                                \
+  X(cross_entropy_backward, CrossEntropyBackward)                                               \
+  X(linear_cross_entropy, LinearCrossEntropy)                                                   \
+  X(nll_loss, NllLoss)                                                                          \
+  X(nll_loss_backward, NllLossBackward)                                                         \
+  X(mse_loss, Loss<MseSpec, WeightedSig>)                                                       \
+  X(mse_loss_backward, LossBackward<MseSpec, WeightedBackwardSig>)                              \
+  X(binary_cross_entropy_with_logits, Loss<BceLogitsSpec, BceLogitsSig>)                        \
+  X(binary_cross_entropy_with_logits_backward, LossBackward<BceLogitsSpec, BceLogitsBackwardSig>) \
+  X(binary_cross_entropy, Loss<BceSpec, WeightedSig>)                                           \
+  X(binary_cross_entropy_backward, LossBackward<BceSpec, WeightedBackwardSig>)                  \
+  X(hinge_loss, Loss<HingeSpec, HingeSig>)                                                      \
+  X(hinge_loss_backward, LossBackward<HingeSpec, HingeBackwardSig>)                             \
+  X(multi_margin_loss, Loss<MultiMarginSpec, MarginSig>)                                        \
+  X(multi_margin_loss_backward, LossBackward<MultiMarginSpec, MarginBackwardSig>)
+PYOPS_AUTOGRAD_OPS(PYOPS_FUNCTION)
+#undef PYOPS_FUNCTION
+}  // namespace backward_of
 }  // namespace pyops
 
 TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   using namespace pyops;
-#define PYOPS_AUTOGRAD_ACTIVATION(name, saved)                                                 \
-  m.impl(#name,                                                                                \
-         &AutogradKernel<Saves<names::name, names::name##_backward, PYOPS_SAVES_##saved>>::call); \
-  m.impl(#name "_backward",                                                                     \
-         &AutogradKernel<ActivationBackward<names::name##_backward, name##_second>>::call);
+#define PYOPS_AUTOGRAD(op, ...) m.impl(#op, &AutogradKernel<backward_of::op>::call);
+#define PYOPS_AUTOGRAD_ACTIVATION(name, saved) PYOPS_AUTOGRAD(name) PYOPS_AUTOGRAD(name##_backward)
   PYOPS_ACTIVATIONS(PYOPS_AUTOGRAD_ACTIVATION)
+  PYOPS_AUTOGRAD_OPS(PYOPS_AUTOGRAD)
 #undef PYOPS_AUTOGRAD_ACTIVATION
-  m.impl("softmax", &AutogradKernel<Saves<kSoftmax, kSoftmaxBackward, false, int64_t>>::call);
-  m.impl("log_softmax",
-         &AutogradKernel<Saves<kLogSoftmax, kLogSoftmaxBackward, false, int64_t>>::call);
-  m.impl("softmax_backward",
-         &AutogradKernel<SoftmaxFamilyBackward<kSoftmaxBackward, softmax_second>>::call);
-  m.impl("log_softmax_backward",
-         &AutogradKernel<SoftmaxFamilyBackward<kLogSoftmaxBackward, log_softmax_second>>::call);
-  m.impl("cross_entropy", &AutogradKernel<CrossEntropy>::call);
-  m.impl("cross_entropy_backward", &AutogradKernel<CrossEntropyBackward>::call);
-  m.impl("linear_cross_entropy", &AutogradKernel<LinearCrossEntropy>::call);
+#undef PYOPS_AUTOGRAD
   // Parts of linear_cross_entropy's autograd, not differentiable themselves.
   m.impl("linear_cross_entropy_grads", torch::CppFunction::makeFallthrough());
   m.impl("linear_cross_entropy_backward", torch::CppFunction::makeFallthrough());
-  m.impl("nll_loss", &AutogradKernel<NllLoss>::call);
-  m.impl("nll_loss_backward", &AutogradKernel<NllLossBackward>::call);
-  m.impl("mse_loss", &AutogradKernel<Loss<MseSpec, WeightedSig>>::call);
-  m.impl("mse_loss_backward", &AutogradKernel<LossBackward<MseSpec, WeightedBackwardSig>>::call);
-  m.impl("binary_cross_entropy_with_logits",
-         &AutogradKernel<Loss<BceLogitsSpec, BceLogitsSig>>::call);
-  m.impl("binary_cross_entropy_with_logits_backward",
-         &AutogradKernel<LossBackward<BceLogitsSpec, BceLogitsBackwardSig>>::call);
-  m.impl("binary_cross_entropy", &AutogradKernel<Loss<BceSpec, WeightedSig>>::call);
-  m.impl("binary_cross_entropy_backward",
-         &AutogradKernel<LossBackward<BceSpec, WeightedBackwardSig>>::call);
-  m.impl("hinge_loss", &AutogradKernel<Loss<HingeSpec, HingeSig>>::call);
-  m.impl("hinge_loss_backward", &AutogradKernel<LossBackward<HingeSpec, HingeBackwardSig>>::call);
-  m.impl("multi_margin_loss", &AutogradKernel<Loss<MultiMarginSpec, MarginSig>>::call);
-  m.impl("multi_margin_loss_backward",
-         &AutogradKernel<LossBackward<MultiMarginSpec, MarginBackwardSig>>::call);
 }
