@@ -4,6 +4,7 @@
 // ops (the pyops backward ops have autograd of their own here), so double backward works. The
 // fake kernels, and cross_entropy(grad_in_forward=True)'s Function, are in pyops/_autograd.py.
 #include "activations.h"
+#include "gil.h"
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -297,8 +298,7 @@ struct CrossEntropy {
     ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
     save_loss_args(ctx, reduction, ignore_index);
     save_class_options(ctx, label_smoothing, lse_square_scale, softcap);
-    ctx->mark_non_differentiable({lse});
-    ctx->set_materialize_grads(false);  // lse gets no gradient: no zeros for it
+    ctx->set_materialize_grads(false);  // no zeros for an output that gets no gradient
     return {loss, lse};
   }
 
@@ -308,23 +308,31 @@ struct CrossEntropy {
     const auto reduction = saved_int(ctx, "reduction");
     const double smoothing = saved_double(ctx, "label_smoothing");
     const double z = saved_double(ctx, "lse_square_scale"), cap = saved_double(ctx, "softcap");
-    const auto& grad_loss = grads[0];
+    const auto &grad_loss = grads[0], &grad_lse = grads[1];
     variable_list result(8);
-    if (!grad_loss.defined()) return result;
-    if (ctx->needs_input_grad(0)) {
+    if (grad_loss.defined() && ctx->needs_input_grad(0)) {
       result[0] = op<kCrossEntropyBackward, CrossEntropyBackwardSig>().call(
           grad_loss, input, target, optional(weight), reduction, saved_int(ctx, "ignore_index"),
           smoothing, saved[3], z, cap);
     }
-    if (ctx->needs_input_grad(1)) {  // probability targets: d loss / d q = -(1 - eps) w log p
-      const auto wide = input.to(acc_dtype(input.scalar_type()));  // as the kernels compute
-      const auto dim = class_dim_of(input);
-      const auto scale = position_scale(grad_loss.to(wide.scalar_type()), reduction,
+    const auto wide = [&] { return input.to(acc_dtype(input.scalar_type())); };  // as the kernels
+    const auto dim = class_dim_of(input);
+    // probability targets: d loss / d q = -(1 - eps) w log p
+    if (grad_loss.defined() && ctx->needs_input_grad(1)) {
+      const auto x = wide();
+      const auto scale = position_scale(grad_loss.to(x.scalar_type()), reduction,
                                         c10::Scalar(positions_of(input)), input);
-      const auto log_p = op<kLogSoftmax, WithDim>().call(capped(wide, cap).logits, dim);
-      const auto w =
-          broadcast_weight(weight.defined() ? weight.to(wide.scalar_type()) : weight, wide);
+      const auto log_p = op<kLogSoftmax, WithDim>().call(capped(x, cap).logits, dim);
+      const auto w = broadcast_weight(weight.defined() ? weight.to(x.scalar_type()) : weight, x);
       result[1] = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
+    }
+    // d lse / d input = the capped logits' softmax times the cap's slope
+    if (grad_lse.defined() && ctx->needs_input_grad(0)) {
+      const auto logits = capped(wide(), cap);
+      auto d_input = grad_lse.unsqueeze(dim) * op<kSoftmax, WithDim>().call(logits.logits, dim);
+      if (logits.slope.defined()) d_input = d_input * logits.slope;
+      d_input = d_input.to(input.scalar_type());
+      result[0] = result[0].defined() ? result[0] + d_input : d_input;
     }
     return result;
   }
@@ -479,7 +487,9 @@ struct NllLossBackward {
 using Boxed = std::vector<c10::IValue>;  // an operator's arguments, as a boxed call takes them
 
 // A saved argument list: the first `tensors` arguments are tensors (or absent optional ones),
-// saved for backward; the rest (scalars, multi_margin's weight) go to saved_data as one list.
+// saved for backward; the rest (scalars, multi_margin's weight) go to saved_data as one list,
+// except that a tensor among them gets an entry of its own ("rest.<i>", None in the list):
+// compiled autograd lifts a tensor of saved_data into its graph only as an entry.
 void save_arguments(AutogradContext* ctx, const Boxed& args, size_t tensors) {
   variable_list saved;
   for (size_t i = 0; i < tensors; ++i) {
@@ -487,11 +497,22 @@ void save_arguments(AutogradContext* ctx, const Boxed& args, size_t tensors) {
   }
   ctx->save_for_backward(saved);
   c10::impl::GenericList rest(c10::AnyType::get());
-  for (size_t i = tensors; i < args.size(); ++i) rest.push_back(args[i]);
+  for (size_t i = tensors; i < args.size(); ++i) {
+    if (args[i].isTensor()) ctx->saved_data["rest." + std::to_string(rest.size())] = args[i];
+    rest.push_back(args[i].isTensor() ? c10::IValue() : args[i]);
+  }
   ctx->saved_data["rest"] = rest;
 }
 
-Boxed saved_rest(AutogradContext* ctx) { return ctx->saved_data["rest"].toList().vec(); }
+Boxed saved_rest(AutogradContext* ctx) {
+  auto rest = ctx->saved_data["rest"].toList().vec();
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (!rest[i].isNone()) continue;
+    const auto tensor = ctx->saved_data.find("rest." + std::to_string(i));
+    if (tensor != ctx->saved_data.end()) rest[i] = tensor->second;
+  }
+  return rest;
+}
 
 // Whether leading argument i (of the saved tensors t) needs a gradient: autograd numbers only the
 // tensor arguments that are present.
@@ -512,6 +533,7 @@ variable_list grads_through(const Fn& fn, const variable_list& tensors,
   variable_list result(tensors.size());
   if (wanted.empty()) return result;
   const bool create_graph = at::GradMode::is_enabled();
+  const gil::Released no_gil;  // the engine refuses to run under the GIL
   Tensor out;
   {
     at::AutoGradMode enable(true);
@@ -747,6 +769,7 @@ using LinearCrossEntropyBackwardSig = std::tuple<Tensor, Tensor, Tensor>(
 // derivative is refused rather than silently zero.
 struct LinearCrossEntropy {
   static constexpr const char* kName = kLinearCrossEntropy;
+  static constexpr std::array<const char*, 3> kGradKeys{"grad_input", "grad_weight", "grad_bias"};
   using Signature = LinearCrossEntropySig;
 
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& linear_weight,
@@ -770,7 +793,10 @@ struct LinearCrossEntropy {
     auto [loss, gi, gw, gb] = below_autograd<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>(
         input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
         label_smoothing, chunk_size, mask, lse_square_scale, softcap);
-    ctx->saved_data["grads"] = std::vector<Tensor>{gi, gw, gb};
+    for (const auto& [key, grad] : {std::pair{kGradKeys[0], gi}, {kGradKeys[1], gw},
+                                    {kGradKeys[2], gb}}) {
+      ctx->saved_data[key] = grad;  // each an entry, as compiled autograd lifts only those
+    }
     return loss;
   }
 
@@ -796,10 +822,17 @@ struct LinearCrossEntropy {
       }
       return result;
     }
-    std::vector<Tensor> computed;
-    if (ctx->saved_data.count("grads")) {
-      computed = ctx->saved_data["grads"].toTensorVector();
-      ctx->saved_data.erase("grads");
+    std::array<Tensor, 3> computed;
+    const bool from_forward = ctx->saved_data.count(kGradKeys[0]) != 0;
+    // Compiled autograd (the GIL held) calls a backward with a copy of the context: the
+    // gradients stay in the node's own, for a later backward of a retained graph, and are scaled
+    // into new tensors.
+    const bool keep = from_forward && gil::hooks.held();
+    if (from_forward) {
+      for (size_t i = 0; i < 3; ++i) {
+        computed[i] = ctx->saved_data[kGradKeys[i]].toTensor();
+        if (!keep) ctx->saved_data.erase(kGradKeys[i]);
+      }
     } else {
       auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
           s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
@@ -808,8 +841,12 @@ struct LinearCrossEntropy {
     }
     for (size_t i = 0; i < 3; ++i) {
       if (!mask[i]) continue;
-      op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(computed[i], grads[0]);
-      result[i] = std::move(computed[i]);
+      if (keep) {
+        result[i] = computed[i] * grads[0].reshape({});
+      } else {
+        op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(computed[i], grads[0]);
+        result[i] = std::move(computed[i]);
+      }
     }
     return result;
   }

@@ -1,9 +1,10 @@
 // The Python module pyops._C: it carries the operator schemas (csrc/ops.cpp is linked in) and
-// the facts fixed at compile time, which pyops.build_info() reports, and the list of
-// activations (csrc/activations.h).
+// the facts fixed at compile time, which pyops.build_info() reports, the list of activations
+// (csrc/activations.h), and the GIL hooks of csrc/gil.h.
 #include <Python.h>
 
 #include "activations.h"
+#include "gil.h"
 
 #include <torch/headeronly/version.h>
 
@@ -29,6 +30,9 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "pyops compiled core", -1
 }  // namespace
 
 PyMODINIT_FUNC PyInit__C() {
+  pyops::gil::hooks = {[] { return PyGILState_Check() != 0; },
+                       []() -> void* { return PyEval_SaveThread(); },
+                       [](void* state) { PyEval_RestoreThread(static_cast<PyThreadState*>(state)); }};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef WITH_CUDA

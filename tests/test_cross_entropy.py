@@ -235,6 +235,30 @@ def test_gradcheck_and_gradgradcheck_probability_targets(device, reduction, shap
 
 
 @device_params
+@pytest.mark.parametrize("shape", [(5,), (4, 5), (3, 5, 2)])
+@pytest.mark.parametrize("softcap", [0.0, 2.0])
+def test_log_sum_exp_output_is_differentiable(device, shape, softcap):
+    """pyops::cross_entropy's second output, the log-sum-exp of each position's (capped)
+    logits, has the gradient of torch.logsumexp, alone and beside the loss's."""
+    class_dim = 0 if len(shape) == 1 else 1
+    x = make_tensor(shape, torch.float64, device).requires_grad_()
+    t, _ = class_targets(shape, class_dim, device, "none")
+
+    def lse(z):
+        return torch.ops.pyops.cross_entropy(z, t, None, 1, -100, 0.0, 0.0, softcap)[1]
+
+    def both(z):
+        loss, lse = torch.ops.pyops.cross_entropy(z, t, None, 1, -100, 0.1, 0.0, softcap)
+        return loss + (lse * lse).sum()
+
+    capped = softcap * torch.tanh(x / softcap) if softcap else x
+    assert_close(lse(x), torch.logsumexp(capped, class_dim), torch.float64)
+    assert torch.autograd.gradcheck(lse, (x,))
+    assert torch.autograd.gradcheck(both, (x,))
+    assert torch.autograd.gradgradcheck(both, (x,))
+
+
+@device_params
 def test_saves_only_input_and_log_sum_exp(device):
     """The forward keeps the input (by reference), the targets, and one float per position."""
     x = make_tensor((8, 50), torch.bfloat16, device).requires_grad_()

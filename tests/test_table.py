@@ -1,7 +1,7 @@
 """Every row of the op table (pyops.table), generically: values and gradients against its torch
 twin, gradcheck and gradgradcheck, opcheck of every pyops operator it reaches, torch.compile
-with fullgraph, patch(), the module twin and convert(), integer inputs, and CUDA against CPU.
-A row added to the table is tested here without a line added."""
+with fullgraph, compiled autograd, patch(), the module twin and convert(), integer inputs, and
+CUDA against CPU. A row added to the table is tested here without a line added."""
 
 import pytest
 import torch
@@ -130,6 +130,22 @@ def test_compile_fullgraph_matches_eager(device, op):
     torch._dynamo.reset()  # fn's code is the same for every row: a fresh cache, no recompile limit
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     for ours, theirs in zip(_results(compiled, args, {}, wanted), _results(fn, args, {}, wanted)):
+        torch.testing.assert_close(ours, theirs)
+
+
+@device_params
+@rows
+def test_compiled_autograd_matches_eager(device, op):
+    """The backward traced by compiled autograd (the graph of every node's backward, as
+    torch.compile builds it for a training step) gives eager's gradients."""
+    from torch._dynamo import compiled_autograd
+
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    wanted = _floating(args)
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        traced = _results(op.function, args, kwargs, wanted)
+    for ours, theirs in zip(traced, _results(op.function, args, kwargs, wanted)):
         torch.testing.assert_close(ours, theirs)
 
 
