@@ -24,18 +24,18 @@ inline void check_reduction(int64_t reduction) {
 // CUDA sum does not depend on threads.
 inline at::Tensor fixed_order_sum(const at::Tensor& t) {
   constexpr int64_t kBlock = 1 << 14;
-  const auto flat = t.reshape({-1});
-  const int64_t full = flat.numel() / kBlock * kBlock;
-  if (!flat.is_cpu()) return flat.sum(at::kDouble);
-  if (full == 0) {  // one block, in order: a plain loop costs less than ATen's reduction setup
+  if (!t.is_cpu()) return t.sum(at::kDouble);
+  if (t.numel() < kBlock) {  // one block, in order: a plain loop costs less than ATen's reduction
     double total = 0;
-    const auto c = flat.contiguous();
+    const auto c = t.contiguous();
     PYOPS_DISPATCH_FLOATING(c.scalar_type(), "pyops: sum", [&] {
       const scalar_t* p = c.const_data_ptr<scalar_t>();
       for (int64_t i = 0; i < c.numel(); ++i) total += static_cast<double>(p[i]);
     });
-    return at::scalar_tensor(total, t.options().dtype(at::kDouble));
+    return cpu_scalar(total);
   }
+  const auto flat = t.reshape({-1});
+  const int64_t full = flat.numel() / kBlock * kBlock;
   const auto blocks = flat.narrow(0, 0, full).view({-1, kBlock}).sum(1, false, at::kDouble);
   return fixed_order_sum(blocks) + flat.narrow(0, full, flat.numel() - full).sum(at::kDouble);
 }
@@ -46,12 +46,11 @@ inline at::Tensor fixed_order_sum(const at::Tensor& t) {
 inline at::Tensor reduce_losses(const at::Tensor& losses, int64_t reduction,
                                 const at::Tensor& denominator, at::IntArrayRef shape,
                                 at::ScalarType dtype) {
-  if (reduction == kNone) return losses.view(shape).to(dtype);
+  if (reduction == kNone) return as_dtype(losses.view(shape), dtype);
   const auto total = fixed_order_sum(losses);
   if (total.is_cpu() && denominator.is_cpu()) {  // the same double, in one op instead of three
-    const double sum = total.item<double>();
-    const double value = reduction == kSum ? sum : sum / denominator.item<double>();
-    return at::scalar_tensor(value, total.options().dtype(dtype));
+    const double sum = cpu_value(total);
+    return cpu_scalar(reduction == kSum ? sum : sum / cpu_value(denominator), dtype);
   }
   return (reduction == kSum ? total : total / denominator.to(at::kDouble)).to(dtype);
 }
@@ -73,12 +72,11 @@ inline at::Tensor upstream_scale(const at::Tensor& grad, int64_t reduction,
                                  const at::Tensor& denominator, int64_t positions,
                                  at::ScalarType acc) {
   check_upstream_grad(grad, reduction, positions);
-  if (reduction == kNone) return grad.to(acc).contiguous();
+  if (reduction == kNone) return as_dtype(grad, acc).contiguous();
   const bool mean = reduction == kMean;
   if (grad.is_cpu() && (!mean || denominator.is_cpu())) {  // the same double division, no ATen ops
-    const double g = grad.item<double>();
-    return at::scalar_tensor(mean ? g / denominator.item<double>() : g,
-                             grad.options().dtype(acc));
+    const double g = cpu_value(grad);
+    return cpu_scalar(mean ? g / cpu_value(denominator) : g, acc);
   }
   const auto g = grad.reshape({}).to(at::kDouble);
   return (mean ? g / denominator : g).to(acc);
@@ -173,7 +171,7 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
     TORCH_CHECK(target.sizes() == at::IntArrayRef(p.position_shape), op,
                 ": expected target size ", shape_str(p.position_shape), ", got ",
                 shape_str(target.sizes()));
-    p.target = target.to(at::kLong).contiguous();
+    p.target = as_dtype(target, at::kLong).contiguous();
   }
   return p;
 }
@@ -185,7 +183,7 @@ inline double soft_denominator_value(const Prepared& p) {
 }
 
 inline at::Tensor soft_denominator(const Prepared& p) {
-  return at::scalar_tensor(soft_denominator_value(p), at::kDouble);
+  return cpu_scalar(soft_denominator_value(p));
 }
 
 // The cross-entropy output from per-position losses and, with label smoothing on class targets,
@@ -315,7 +313,7 @@ inline Elementwise prepare_elementwise(
 // The 'mean' denominators of the elementwise losses, 0-dim double tensors: the element count,
 // or for a weighted mse_loss the sum of the weights, as torch.
 inline at::Tensor count_of(const Elementwise& e) {
-  return at::scalar_tensor(static_cast<double>(e.x.numel()), at::kDouble);
+  return cpu_scalar(static_cast<double>(e.x.numel()));
 }
 
 inline at::Tensor mse_denominator(const Elementwise& e) {
@@ -338,7 +336,7 @@ inline at::Tensor elementwise_upstream(const at::Tensor& grad, const Elementwise
   }
   TORCH_CHECK(grad.sizes() == e.x.sizes(), e.op, ": grad must have the input's shape ",
               shape_str(e.x.sizes()), ", got ", shape_str(grad.sizes()));
-  return in_layout_of(grad.to(e.x.scalar_type()), e.x);
+  return in_layout_of(as_dtype(grad, e.x.scalar_type()), e.x);
 }
 
 // ---- multi_margin_loss --------------------------------------------------------------------
@@ -389,7 +387,7 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
 // reduced, 'mean' over the rows.
 inline at::Tensor margin_loss_output(const at::Tensor& losses, int64_t reduction,
                                      const MarginRows& m, const at::Tensor& input) {
-  const auto rows = at::scalar_tensor(static_cast<double>(m.rows), at::kDouble);
+  const auto rows = cpu_scalar(static_cast<double>(m.rows));
   return reduce_losses(losses, reduction, rows, m.loss_shape, input.scalar_type());
 }
 
@@ -420,7 +418,7 @@ at::Tensor multi_margin_loss_backward(const at::Tensor& grad, const at::Tensor& 
   const typename Backend::Guard guard(input.device());
   const auto m = prepare_margin("pyops::multi_margin_loss_backward", input, target, p, weight);
   const auto scale = upstream_scale(grad, reduction,
-                                    at::scalar_tensor(static_cast<double>(m.rows), at::kDouble),
+                                    cpu_scalar(static_cast<double>(m.rows)),
                                     m.rows, acc_dtype(input.scalar_type()));
   at::Tensor result = Backend::new_output({m.rows, m.classes}, input.options());
   PYOPS_DISPATCH_FLOATING(input.scalar_type(), m.op, [&] {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/ScalarOps.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -14,6 +15,26 @@ namespace pyops {
 // layout (contiguous, transposed, channels-last); anything else is made contiguous once.
 inline at::Tensor dense(const at::Tensor& t) {
   return t.is_non_overlapping_and_dense() ? t : t.contiguous();
+}
+
+// A 0-dim CPU tensor holding value, and a one-element CPU tensor's value, without the
+// dispatcher: a small loss call is mostly such calls otherwise.
+inline at::Tensor cpu_scalar(double value, at::ScalarType dtype = at::kDouble) {
+  return at::detail::scalar_tensor_static(value, dtype, at::kCPU);
+}
+
+inline double cpu_value(const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.is_cpu() && t.numel() == 1);
+  double value = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "pyops: value", [&] {
+    value = static_cast<double>(*t.const_data_ptr<scalar_t>());
+  });
+  return value;
+}
+
+// t.to(dtype), without a dispatcher call where t has that dtype (to() would return t itself).
+inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
 // `t` with exactly the strides of the dense tensor `like`, copied only when they differ.

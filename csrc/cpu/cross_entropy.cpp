@@ -99,7 +99,7 @@ at::Tensor target_weight_sum(const at::Tensor& target, const LossArgs<T>& a) {
   for (int64_t p = 0; p < target.numel(); ++p) {
     if (t[p] != a.ignore_index) total += a.w(checked_target(t[p], a.classes));
   }
-  return at::scalar_tensor(total, at::kDouble);
+  return cpu_scalar(total);
 }
 
 // ---- cross_entropy forward ------------------------------------------------------------------
@@ -358,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
     using T = acc_t<scalar_t>;
     const auto args = loss_args<T>(prep, options);
     denominator = prep.soft ? soft_denominator(prep) : target_weight_sum(prep.target, args);
-    const T scale = reduction == kMean ? T(1 / denominator.item<double>()) : T(1);
+    const T scale = reduction == kMean ? T(1 / cpu_value(denominator)) : T(1);
     const ForwardOut<T> out{losses.mutable_data_ptr<T>(),
                             split ? smooth.mutable_data_ptr<T>() : nullptr,
                             lse.mutable_data_ptr<T>()};
@@ -492,7 +492,7 @@ at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tens
 
 void scale_unless_one_(at::Tensor& self, const at::Tensor& scale) {
   TORCH_CHECK(scale.numel() == 1, "scale_unless_one_: scale must have one element");
-  if (scale.item<double>() != 1.0) self.mul_(scale.reshape({}));
+  if (cpu_value(scale) != 1.0) self.mul_(scale.reshape({}));
 }
 
 // ---- nll_loss -------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ struct ElementwiseKernels {
         return;
       }
       const double total = elementwise_sum(ops, n, loss_fn);
-      result = reduced_total(at::scalar_tensor(total, at::kDouble), e, reduction, denominator);
+      result = reduced_total(cpu_scalar(total), e, reduction, denominator);
     });
     return result;
   }
