@@ -113,10 +113,10 @@ def _check_label_smoothing(label_smoothing):
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
 
 
-def _check_class_target_batch(input, target):
-    if input.dim() >= 2 and target.dim() >= 1 and input.size(0) != target.size(0):
-        raise ValueError(f"Expected input batch_size ({input.size(0)}) to match target "
-                         f"batch_size ({target.size(0)}).")
+def _check_class_target_batch(input_shape, target_shape):
+    if len(input_shape) >= 2 and len(target_shape) >= 1 and input_shape[0] != target_shape[0]:
+        raise ValueError(f"Expected input batch_size ({input_shape[0]}) to match target "
+                         f"batch_size ({target_shape[0]}).")
 
 
 def _extras(lse_square_scale, softcap):
@@ -156,10 +156,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction = _reduction_enum(size_average, reduce, reduction)
     _check_label_smoothing(label_smoothing)
     extras = _extras(lse_square_scale, softcap)
-    if input.dim() == 0:
+    shape, target_shape = input.shape, target.shape  # each read once: a small call is short
+    if not shape:
         raise RuntimeError("cross_entropy: input must have at least one dim (the classes), got 0")
     _check_weight(weight, "cross_entropy")
-    if input.shape == target.shape:  # probability targets, as torch decides
+    if shape == target_shape:  # probability targets, as torch decides
         if not target.is_floating_point():
             raise RuntimeError("Expected floating point type for target with class "
                                f"probabilities, got {target.dtype}")
@@ -169,7 +170,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         dtype = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
-        _check_class_target_batch(input, target)
+        _check_class_target_batch(shape, target_shape)
     if isinstance(input, _vocab_parallel.DTensor):
         return _vocab_parallel.dtensor_cross_entropy(input, target, weight, reduction,
                                                      ignore_index, label_smoothing, *extras)
@@ -257,7 +258,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     elif not soft:
-        _check_class_target_batch(input, target)
+        _check_class_target_batch(input.shape, target.shape)
     autocast = torch.is_autocast_enabled(input.device.type)
     if autocast:  # linear's matmul in the autocast dtype, the loss in float32
         low = torch.get_autocast_dtype(input.device.type)
@@ -288,7 +289,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     if input.dim() == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
     _check_weight(weight, "nll_loss")
-    _check_class_target_batch(input, target)
+    _check_class_target_batch(input.shape, target.shape)
     return ops.nll_loss(input, target, weight, reduction, ignore_index)
 
 
