@@ -825,8 +825,8 @@ struct LinearCrossEntropy {
     std::array<Tensor, 3> computed;
     const bool from_forward = ctx->saved_data.count(kGradKeys[0]) != 0;
     // Compiled autograd (the GIL held) calls a backward with a copy of the context: the
-    // gradients stay in the node's own, for a later backward of a retained graph, and are scaled
-    // into new tensors.
+    // gradients stay in the node's own context, for a later backward of a retained graph, and
+    // are scaled into new tensors.
     const bool keep = from_forward && gil::hooks.held();
     if (from_forward) {
       for (size_t i = 0; i < 3; ++i) {
