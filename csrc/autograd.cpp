@@ -793,9 +793,9 @@ struct LinearCrossEntropy {
     auto [loss, gi, gw, gb] = below_autograd<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>(
         input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
         label_smoothing, chunk_size, mask, lse_square_scale, softcap);
-    for (const auto& [key, grad] : {std::pair{kGradKeys[0], gi}, {kGradKeys[1], gw},
-                                    {kGradKeys[2], gb}}) {
-      ctx->saved_data[key] = grad;  // each an entry, as compiled autograd lifts only those
+    const std::array<Tensor, 3> forward_grads{gi, gw, gb};
+    for (size_t i = 0; i < 3; ++i) {  // entries, as compiled autograd lifts only those
+      ctx->saved_data[kGradKeys[i]] = forward_grads[i];
     }
     return loss;
   }

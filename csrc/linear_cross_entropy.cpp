@@ -189,7 +189,7 @@ struct Gradients {
         ? at::where(denominator == 0, at::ones_like(denominator), denominator) : Tensor();
     const auto finish_one = [&](Tensor& g, at::ScalarType dtype) {
       if (divisor.defined() && g.numel()) g.div_(divisor);
-      return g.scalar_type() == dtype ? g : g.to(dtype);
+      return as_dtype(g, dtype);
     };
     const auto dtype = a.input.scalar_type();
     return {finish_one(input, dtype), finish_one(weight, dtype), finish_one(bias, dtype)};

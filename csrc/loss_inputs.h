@@ -18,13 +18,12 @@ inline void check_reduction(int64_t reduction) {
               "reduction must be 0 (none), 1 (mean) or 2 (sum), got ", num_str(reduction));
 }
 
-// The sum of t's elements, in double. ATen's CPU sum of one output splits the elements by the
-// number of threads, so its rounding would change with torch.set_num_threads; here fixed blocks,
-// each below ATen's grain (so summed on one thread), are summed and then added in order. ATen's
-// CUDA sum does not depend on threads.
-inline at::Tensor fixed_order_sum(const at::Tensor& t) {
+// The sum of a CPU tensor's elements, in double. ATen's CPU sum of one output splits the
+// elements by the number of threads, so its rounding would change with torch.set_num_threads;
+// here fixed blocks, each below ATen's grain (so summed on one thread), are summed and then
+// added in order.
+inline double cpu_fixed_order_sum(const at::Tensor& t) {
   constexpr int64_t kBlock = 1 << 14;
-  if (!t.is_cpu()) return t.sum(at::kDouble);
   if (t.numel() < kBlock) {  // one block, in order: a plain loop costs less than ATen's reduction
     double total = 0;
     const auto c = t.contiguous();
@@ -32,12 +31,19 @@ inline at::Tensor fixed_order_sum(const at::Tensor& t) {
       const scalar_t* p = c.const_data_ptr<scalar_t>();
       for (int64_t i = 0; i < c.numel(); ++i) total += static_cast<double>(p[i]);
     });
-    return cpu_scalar(total);
+    return total;
   }
   const auto flat = t.reshape({-1});
   const int64_t full = flat.numel() / kBlock * kBlock;
   const auto blocks = flat.narrow(0, 0, full).view({-1, kBlock}).sum(1, false, at::kDouble);
-  return fixed_order_sum(blocks) + flat.narrow(0, full, flat.numel() - full).sum(at::kDouble);
+  return cpu_fixed_order_sum(blocks) +
+         cpu_value(flat.narrow(0, full, flat.numel() - full).sum(at::kDouble));
+}
+
+// The same sum as a 0-dim double tensor on t's device (ATen's CUDA sum does not depend on
+// threads).
+inline at::Tensor fixed_order_sum(const at::Tensor& t) {
+  return t.is_cpu() ? cpu_scalar(cpu_fixed_order_sum(t)) : t.sum(at::kDouble);
 }
 
 // The loss output from per-element losses (in the accumulation dtype): the losses themselves in
@@ -47,11 +53,11 @@ inline at::Tensor reduce_losses(const at::Tensor& losses, int64_t reduction,
                                 const at::Tensor& denominator, at::IntArrayRef shape,
                                 at::ScalarType dtype) {
   if (reduction == kNone) return as_dtype(losses.view(shape), dtype);
-  const auto total = fixed_order_sum(losses);
-  if (total.is_cpu() && denominator.is_cpu()) {  // the same double, in one op instead of three
-    const double sum = cpu_value(total);
+  if (losses.is_cpu() && denominator.is_cpu()) {  // one double, no tensors on the way
+    const double sum = cpu_fixed_order_sum(losses);
     return cpu_scalar(reduction == kSum ? sum : sum / cpu_value(denominator), dtype);
   }
+  const auto total = fixed_order_sum(losses);
   return (reduction == kSum ? total : total / denominator.to(at::kDouble)).to(dtype);
 }
 
