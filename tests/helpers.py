@@ -79,6 +79,28 @@ def special_values(dtype, device):
     return torch.tensor(vals, dtype=dtype, device=device)
 
 
+def float32_sweep(lo, hi, step):
+    """Every `step`-th float32 of [lo, hi] by bit pattern, and the values that end exp's range."""
+    bits = torch.arange(0, torch.tensor(hi, dtype=torch.float32).view(torch.int32).item(), step,
+                        dtype=torch.int32)
+    positive = bits.view(torch.float32)
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 88.72283, 88.72284,
+                             -87.33654, -103.9720, -103.98, -200.0])
+    return torch.cat([positive, -positive[positive <= -lo], specials])
+
+
+def assert_within_one_ulp(ours, exact, x):
+    """float32 results of inputs x within one ulp of the float64 `exact`; equal to it rounded
+    where that is 0 or not finite; NaN where x is."""
+    rounded = exact.float()
+    finite = torch.isfinite(rounded) & (rounded != 0)
+    assert torch.equal(torch.isnan(ours), torch.isnan(x))
+    assert torch.equal(ours[~finite & ~torch.isnan(x)], rounded[~finite & ~torch.isnan(x)])
+    magnitude = rounded.abs()
+    ulp = (torch.nextafter(magnitude, torch.tensor(float("inf"))) - magnitude).double()
+    assert ((ours.double() - exact).abs() / ulp)[finite].max().item() <= 1.0
+
+
 def assert_no_worse_than_torch(ours, theirs, reference, slack_ulps=1):
     """For half types, where torch and pyops may round differently: pyops' largest error against
     a float64 reference computed from the same inputs is at most torch's plus `slack_ulps`."""

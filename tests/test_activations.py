@@ -10,7 +10,8 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, LAYOUTS, TOLERANCES, assert_as_accurate_as_torch, assert_close,
-                     assert_compiles_like_eager, device_params, make_tensor, special_values)
+                     assert_compiles_like_eager, assert_within_one_ulp, device_params,
+                     float32_sweep, make_tensor, special_values)
 from pyops._autograd import ACTIVATIONS
 from pyops.table import OPS as TABLE
 
@@ -77,6 +78,12 @@ def test_special_values(device, name, dtype):
         r.sum().backward()
     assert_as_accurate_as_torch(x_ours.grad, x_torch.grad, x_exact.grad,
                                 atol=TOLERANCES[dtype]["atol"])
+
+
+def test_tanh_within_one_ulp():
+    """The float tanh of the CPU kernels (exp_of and a polynomial, not ATen's Sleef call)."""
+    x = float32_sweep(-100.0, 100.0, 97)
+    assert_within_one_ulp(torch.ops.pyops.tanh(x), x.double().tanh(), x)
 
 
 @device_params

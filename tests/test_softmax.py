@@ -10,8 +10,8 @@ from torch.library import opcheck
 import pyops
 import pyops.functional as PF
 from helpers import (FLOAT_DTYPES, HALF_DTYPES, LAYOUTS, assert_close, assert_compiles_like_eager,
-                     assert_no_worse_than_torch, assert_raises_like_torch, device_params,
-                     make_tensor)
+                     assert_no_worse_than_torch, assert_raises_like_torch,
+                     assert_within_one_ulp, device_params, float32_sweep, make_tensor)
 
 OPS = {"softmax": (PF.softmax, TF.softmax), "log_softmax": (PF.log_softmax, TF.log_softmax)}
 BACKWARD = {"softmax": torch.ops.aten._softmax_backward_data,
@@ -131,16 +131,6 @@ def test_backward_op_gradcheck(device, name, dim):
     assert torch.autograd.gradgradcheck(lambda g, y: op(g, y, dim), (grad, out))
 
 
-def float32_sweep(lo, hi, step):
-    """Every `step`-th float32 of [lo, hi] by bit pattern, and the values that end exp's range."""
-    bits = torch.arange(0, torch.tensor(hi, dtype=torch.float32).view(torch.int32).item(), step,
-                        dtype=torch.int32)
-    positive = bits.view(torch.float32)
-    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 88.72283, 88.72284,
-                             -87.33654, -103.9720, -103.98, -200.0])
-    return torch.cat([positive, -positive[positive <= -lo], specials])
-
-
 @pytest.mark.parametrize("dim", [0, 1])
 def test_log_softmax_backward_exp_within_one_ulp(dim):
     """The float exp of the CPU rows and tiles (an inline polynomial, not ATen's Sleef call),
@@ -151,14 +141,7 @@ def test_log_softmax_backward_exp_within_one_ulp(dim):
     if dim == 0:
         y, g = y.t().contiguous(), g.t().contiguous()
     out = torch.ops.pyops.log_softmax_backward(g, y, dim)
-    ours = -(out[:, 1] if dim == 1 else out[1])
-    exact = v.double().exp()
-    rounded = exact.float()
-    finite = torch.isfinite(rounded) & (rounded != 0)
-    assert torch.equal(torch.isnan(ours), torch.isnan(v))
-    assert torch.equal(ours[~finite & ~torch.isnan(v)], rounded[~finite & ~torch.isnan(v)])
-    ulp = (torch.nextafter(rounded, torch.tensor(float("inf"))) - rounded).double()
-    assert ((ours.double() - exact).abs() / ulp)[finite].max().item() <= 1.0
+    assert_within_one_ulp(-(out[:, 1] if dim == 1 else out[1]), v.double().exp(), v)
 
 
 @device_params

@@ -1,6 +1,7 @@
 // The activations' math on CPU, one functor per op of csrc/activations.h: called with one
 // vector it is the forward, with two (grad, saved) the backward. The expressions are ATen's
-// CPU kernels', except where said, with exp_of for exp (as accurate as ATen's Sleef call).
+// CPU kernels', except where said, with exp_of and tanh_of for exp and tanh (as accurate as
+// ATen's Sleef calls).
 #include "common.h"
 #include "../activations.h"
 #include "../kernel_lists.h"
@@ -21,7 +22,7 @@ struct sigmoid {
 
 struct tanh {
   static constexpr bool kIntegers = false;
-  template <typename V> V operator()(V x) const { return x.tanh(); }
+  template <typename V> V operator()(V x) const { return tanh_of(x); }
   template <typename V> V operator()(V g, V y) const { return g * (V(1) - y * y); }
 };
 

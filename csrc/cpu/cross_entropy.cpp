@@ -52,7 +52,7 @@ template <typename T>
 void soft_cap(T* x, int64_t n, T cap) {
   using V = Vectorized<T>;
   const V c(cap);
-  row_map([c](V v) { return c * (v / c).tanh(); }, x, n, x);
+  row_map([c](V v) { return c * tanh_of(v / c); }, x, n, x);
 }
 
 // The gradient g with respect to capped logits x made one with respect to the logits.
