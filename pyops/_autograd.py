@@ -8,8 +8,8 @@ differentiable ops, so double backward works throughout.
 import torch
 
 from . import _C
+from ._ops import ops
 
-ops = torch.ops.pyops
 
 
 def register_fake(name):
@@ -113,7 +113,7 @@ class CrossEntropyGradInForward(torch.autograd.Function):
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing,
                 lse_square_scale, softcap, overwrite_input):
         grad = input if overwrite_input else torch.empty_like(input)
-        loss = ops.cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
+        loss = ops().cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
                                                  label_smoothing, grad, lse_square_scale, softcap)
         ctx.save_for_backward(grad)
         ctx.spent = False
@@ -127,7 +127,7 @@ class CrossEntropyGradInForward(torch.autograd.Function):
                                "handed out; this graph can be backpropagated once only")
         ctx.spent = True
         (grad,) = ctx.saved_tensors
-        ops.scale_unless_one_(grad, grad_loss)
+        ops().scale_unless_one_(grad, grad_loss)
         return grad, None, None, None, None, None, None, None, None
 
 

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from ._autograd import REDUCTION_MEAN, REDUCTION_NONE, _acc_dtype
+from ._ops import ops
 
-ops = torch.ops.pyops
 
 _offsets = {}  # (group, slice size) -> the slice's first class, as last found
 
@@ -80,7 +80,7 @@ class Slice:
         if self.classes == 0:
             return torch.full((positions,), -torch.inf, dtype=self.acc, device=self.x.device)
         ignored = torch.full((positions,), -100, dtype=torch.long, device=self.x.device)
-        return ops.cross_entropy(self.x, ignored, None, REDUCTION_NONE, -100, 0.0, 0.0,
+        return ops().cross_entropy(self.x, ignored, None, REDUCTION_NONE, -100, 0.0, 0.0,
                                  self.cap)[1]
 
     def target_terms(self, offset):

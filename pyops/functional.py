@@ -9,9 +9,9 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
+from ._ops import ops
 from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
 
-ops = torch.ops.pyops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
            "linear_cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
@@ -29,23 +29,23 @@ def _as_floating(input):
 
 
 def sigmoid(input):
-    return ops.sigmoid(_as_floating(input))
+    return ops().sigmoid(_as_floating(input))
 
 
 def tanh(input):
-    return ops.tanh(_as_floating(input))
+    return ops().tanh(_as_floating(input))
 
 
 def _activation(name, input, inplace):
     """pyops::<name>(input), or with inplace its result written into input. When autograd
     records it, that is a copy into input (the in-place op has no autograd), of the activation
     of a clone where the backward needs the input as it was."""
-    op = getattr(ops, name)
+    op = getattr(ops(), name)
     if not inplace:
         return op(input)
     if torch.is_grad_enabled() and input.requires_grad:
         return input.copy_(op(input.clone() if ACTIVATIONS[name] == "self" else input))
-    getattr(ops, name + "_")(input)
+    getattr(ops(), name + "_")(input)
     return input
 
 
@@ -83,13 +83,13 @@ def _softmax_input(name, input, dim, stacklevel, dtype):
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
     """torch.nn.functional.softmax: exp(x - max) / sum(exp(x - max)) over `dim`."""
     input, dim = _softmax_input("softmax", input, dim, _stacklevel, dtype)
-    return ops.softmax(input, dim)
+    return ops().softmax(input, dim)
 
 
 def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     """torch.nn.functional.log_softmax: x - max - log(sum(exp(x - max))) over `dim`."""
     input, dim = _softmax_input("log_softmax", input, dim, _stacklevel, dtype)
-    return ops.log_softmax(input, dim)
+    return ops().log_softmax(input, dim)
 
 
 # ---- losses ---------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                              "only; target and weight must not require grad")
         return CrossEntropyGradInForward.apply(input, target, weight, reduction, ignore_index,
                                                label_smoothing, *extras, overwrite_input)
-    loss, _ = ops.cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing,
+    loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing,
                                 *extras)
     return loss
 
@@ -274,7 +274,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                 input, linear_weight, linear_bias, target, weight, reduction_enum, ignore_index,
                 label_smoothing, *extras, process_group, chunk)
         else:
-            loss = ops.linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
+            loss = ops().linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
                                             reduction_enum, ignore_index, label_smoothing, chunk,
                                             *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
@@ -290,7 +290,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise ValueError("Expected 1 or more dimensions (got 0)")
     _check_weight(weight, "nll_loss")
     _check_class_target_batch(input.shape, target.shape)
-    return ops.nll_loss(input, target, weight, reduction, ignore_index)
+    return ops().nll_loss(input, target, weight, reduction, ignore_index)
 
 
 def _promoted(*tensors):
@@ -314,7 +314,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if weight is not None and weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     input, target, weight = _promoted(input, target, weight)
-    return ops.mse_loss(input, target, weight, reduction)
+    return ops().mse_loss(input, target, weight, reduction)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -328,7 +328,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         raise NotImplementedError(f"binary_cross_entropy_with_logits: expected floating-point "
                                   f"logits, got {input.dtype}")
     input, target, weight, pos_weight = _promoted(input, target, weight, pos_weight)
-    return ops.binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
+    return ops().binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
@@ -341,7 +341,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                          "size.")
     if weight is not None:
         weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
-    return ops.binary_cross_entropy(input, target, weight, reduction)
+    return ops().binary_cross_entropy(input, target, weight, reduction)
 
 
 def hinge_loss(input, target, margin=1.0, reduction="mean"):
@@ -352,7 +352,7 @@ def hinge_loss(input, target, margin=1.0, reduction="mean"):
     """
     reduction = _reduction.get_enum(reduction)
     input, target = _promoted(*torch.broadcast_tensors(input, target))
-    return ops.hinge_loss(input, target, float(margin), reduction)
+    return ops().hinge_loss(input, target, float(margin), reduction)
 
 
 def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=None, reduce=None,
@@ -365,4 +365,4 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
         if weight.dim() != 1:
             raise ValueError("weight must be one-dimensional")
         _check_weight(weight, "multi_margin_loss")
-    return ops.multi_margin_loss(input, target, p, float(margin), weight, reduction)
+    return ops().multi_margin_loss(input, target, p, float(margin), weight, reduction)

@@ -6,10 +6,12 @@ CUDA against CPU. A row added to the table is tested here without a line added."
 import pytest
 import torch
 from torch.library import opcheck
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyops
 from helpers import DEVICES, FLOAT_DTYPES, HALF_DTYPES, assert_results_match, device_params
+from pyops._ops import ops
 from pyops.table import OPS, samples
 
 rows = pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
@@ -147,6 +149,67 @@ def test_compiled_autograd_matches_eager(device, op):
         traced = _results(op.function, args, kwargs, wanted)
     for ours, theirs in zip(traced, _results(op.function, args, kwargs, wanted)):
         torch.testing.assert_close(ours, theirs)
+
+
+class SeenByTorchFunction(TorchFunctionMode):
+    """Records the pyops operators that reach __torch_function__."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "namespace", None) == "pyops":
+            self.names.add(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+class Recorded(torch.Tensor):
+    """A tensor subclass whose __torch_function__ records the pyops operators it meets."""
+    names = set()
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "namespace", None) == "pyops":
+            cls.names.add(func._schema.name)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@device_params
+@rows
+def test_torch_function_modes_and_subclasses_see_the_operators(device, op):
+    """Eager calls skip torch.ops' argument parsing (pyops._C.direct), but not
+    __torch_function__: a mode and a tensor subclass still meet each operator, with the values
+    of a plain call."""
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    with PyopsCalls() as plain:
+        expected = op.function(*args, **kwargs)
+    reached = {func._schema.name for func, _, _ in plain.calls}
+    with SeenByTorchFunction() as mode:
+        torch.testing.assert_close(op.function(*args, **kwargs), expected)
+    assert mode.names == reached
+    Recorded.names = set()
+    wrapped = [a.as_subclass(Recorded) if isinstance(a, torch.Tensor) else a for a in args]
+    value = op.function(*wrapped, **kwargs)
+    torch.testing.assert_close(value.as_subclass(torch.Tensor), expected)
+    assert Recorded.names == reached
+
+
+def test_direct_calls_fall_back_to_torch_ops():
+    """What pyops._C.direct does not parse itself goes to the OpOverload: keywords, Python
+    types other than the schema's, ints beyond int64. Its errors are the OpOverload's."""
+    x = torch.randn(3, 4)
+    direct, overload = ops().softmax, torch.ops.pyops.softmax.default
+    assert direct is not overload and type(direct).__name__ == "builtin_function_or_method"
+    torch.testing.assert_close(direct(x, dim=1), overload(x, 1))
+    torch.testing.assert_close(direct(x, True), overload(x, True))
+    for bad in [(x, 2**70), (x, 1.5), (x,), (x, 1, 2), (1.0, 1)]:
+        with pytest.raises(Exception) as theirs:
+            overload(*bad)
+        with pytest.raises(type(theirs.value), match="softmax"):
+            direct(*bad)
+    with pytest.raises(IndexError, match="out of bounds"):
+        ops().cross_entropy(x, torch.tensor([0, 1, 9]), None, 1, -100, 0.0)
 
 
 @device_params
