@@ -236,7 +236,7 @@ template <typename T, typename Body>
 void for_each_piece(const Shape3& s, const Body& body) {
   if (s.inner == 1) {
     const auto row = [&](int64_t r) { body(Piece{r * s.dim, 1, s.dim, s.dim}); };
-    if (s.outer < at::get_num_threads() && split_row(s.dim)) {
+    if (split_row(s.dim) && s.outer < at::get_num_threads()) {
       for (int64_t r = 0; r < s.outer; ++r) row(r);
       return;
     }
