@@ -892,6 +892,26 @@ PYOPS_AUTOGRAD_OPS(PYOPS_FUNCTION)
 }  // namespace backward_of
 }  // namespace pyops
 
+// CppNode<T>::apply hands name() to its checks' messages, and Node::name() demangles the node's
+// type name on every call, a cost torch's own nodes do not pay: each apply here hands over the
+// same name, demangled once.
+namespace torch::autograd {
+#define PYOPS_NODE_APPLY(op, ...)                                                        \
+  template <>                                                                           \
+  variable_list CppNode<pyops::backward_of::op>::apply(variable_list&& inputs) {         \
+    static const std::string kName = name();                                            \
+    std::lock_guard<std::mutex> lock(mutex_);                                           \
+    return CppNode_apply_functional<pyops::backward_of::op>(                            \
+        std::move(inputs), ctx_, is_variable_input_, output_info_, kName);              \
+  }
+#define PYOPS_NODE_APPLY_ACTIVATION(name, saved) \
+  PYOPS_NODE_APPLY(name) PYOPS_NODE_APPLY(name##_backward)
+PYOPS_ACTIVATIONS(PYOPS_NODE_APPLY_ACTIVATION)
+PYOPS_AUTOGRAD_OPS(PYOPS_NODE_APPLY)
+#undef PYOPS_NODE_APPLY_ACTIVATION
+#undef PYOPS_NODE_APPLY
+}  // namespace torch::autograd
+
 TORCH_LIBRARY_IMPL(pyops, Autograd, m) {
   using namespace pyops;
 #define PYOPS_AUTOGRAD(op, ...) m.impl(#op, &AutogradKernel<backward_of::op>::call);
