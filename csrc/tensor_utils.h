@@ -133,18 +133,19 @@ inline c10::SmallVector<int64_t, 8> memory_order(const at::Tensor& t) {
 inline Shape3 shape3(const at::Tensor& t, int64_t dim) {
   if (t.dim() == 0) return {1, 1, 1};
   const auto order = memory_order(t);
+  const auto sizes = t.sizes(), strides = t.strides();
   int64_t expected = 1;  // t.permute(order) is contiguous (checked without making the view)
   for (auto d = order.rbegin(); d != order.rend(); ++d) {
-    TORCH_INTERNAL_ASSERT(t.numel() == 0 || t.size(*d) == 1 || t.stride(*d) == expected);
-    expected *= t.size(*d);
+    TORCH_INTERNAL_ASSERT(t.numel() == 0 || sizes[*d] == 1 || strides[*d] == expected);
+    expected *= sizes[*d];
   }
-  Shape3 s{1, t.size(dim), 1};
+  Shape3 s{1, sizes[dim], 1};
   bool before = true;
   for (const int64_t d : order) {
     if (d == dim) {
       before = false;
     } else {
-      (before ? s.outer : s.inner) *= t.size(d);
+      (before ? s.outer : s.inner) *= sizes[d];
     }
   }
   return s;
