@@ -114,7 +114,8 @@ class CrossEntropyGradInForward(torch.autograd.Function):
                 lse_square_scale, softcap, overwrite_input):
         grad = input if overwrite_input else torch.empty_like(input)
         loss = ops().cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
-                                                 label_smoothing, grad, lse_square_scale, softcap)
+                                                   label_smoothing, grad, lse_square_scale,
+                                                   softcap)
         ctx.save_for_backward(grad)
         ctx.spent = False
         return loss

@@ -81,7 +81,7 @@ class Slice:
             return torch.full((positions,), -torch.inf, dtype=self.acc, device=self.x.device)
         ignored = torch.full((positions,), -100, dtype=torch.long, device=self.x.device)
         return ops().cross_entropy(self.x, ignored, None, REDUCTION_NONE, -100, 0.0, 0.0,
-                                 self.cap)[1]
+                                   self.cap)[1]
 
     def target_terms(self, offset):
         """The target's capped logit and weight where it lies in this slice, else 0."""

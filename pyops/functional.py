@@ -9,9 +9,8 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
-from ._ops import ops
 from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
-
+from ._ops import ops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
            "linear_cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
@@ -189,8 +188,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                              "only; target and weight must not require grad")
         return CrossEntropyGradInForward.apply(input, target, weight, reduction, ignore_index,
                                                label_smoothing, *extras, overwrite_input)
-    loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing,
-                                *extras)
+    loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index,
+                                  label_smoothing, *extras)
     return loss
 
 
@@ -275,8 +274,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                 label_smoothing, *extras, process_group, chunk)
         else:
             loss = ops().linear_cross_entropy(input, linear_weight, linear_bias, target, weight,
-                                            reduction_enum, ignore_index, label_smoothing, chunk,
-                                            *extras)
+                                              reduction_enum, ignore_index, label_smoothing,
+                                              chunk, *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
         loss = loss.squeeze(0)
     return loss.float() if autocast else loss
