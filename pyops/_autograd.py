@@ -11,7 +11,6 @@ from . import _C
 from ._ops import ops
 
 
-
 def register_fake(name):
     """torch.library.register_fake for pyops::name, after the check the real kernels make: every
     tensor argument on one device (a CPU and a meta tensor must not meet in a fake kernel)."""

@@ -20,7 +20,6 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from ._autograd import REDUCTION_MEAN, REDUCTION_NONE, _acc_dtype
 from ._ops import ops
 
-
 _offsets = {}  # (group, slice size) -> the slice's first class, as last found
 
 
