@@ -1,8 +1,9 @@
 // Autograd of every pyops operator, as C++ autograd::Functions on the Autograd key: small,
 // launch-bound calls then cost the dispatcher's overhead only, not the Python autograd layer's
 // (3-7 us per op, more than a small op's kernels). Every backward is written in differentiable
-// ops (the pyops backward ops have autograd of their own here), so double backward works. The
-// fake kernels, and cross_entropy(grad_in_forward=True)'s Function, are in pyops/_autograd.py.
+// ops (the pyops backward ops have autograd of their own here), so double backward works, except
+// where a forward computes the gradient too (cross_entropy_grad_in_forward,
+// linear_cross_entropy). The fake kernels are in pyops/_autograd.py.
 #include "activations.h"
 #include "gil.h"
 #include "loss_inputs.h"
@@ -194,6 +195,8 @@ struct SoftmaxFamilyBackward {
 
 constexpr char kCrossEntropy[] = "pyops::cross_entropy";
 constexpr char kCrossEntropyBackward[] = "pyops::cross_entropy_backward";
+constexpr char kCrossEntropyGradInForward[] = "pyops::cross_entropy_grad_in_forward";
+constexpr char kScaleUnlessOne[] = "pyops::scale_unless_one_";
 constexpr char kNllLoss[] = "pyops::nll_loss";
 constexpr char kNllLossBackward[] = "pyops::nll_loss_backward";
 
@@ -203,6 +206,8 @@ using CrossEntropySig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
 using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
                                        const OptionalTensor&, int64_t, int64_t, double,
                                        const Tensor&, double, double);
+using GradInForwardSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t,
+                                int64_t, double, Tensor&, double, double);
 using NllLossSig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&, int64_t, int64_t);
 using NllLossBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&,
                                   const OptionalTensor&, int64_t, int64_t);
@@ -267,6 +272,21 @@ Tensor reduce_positions(const Tensor& values, int64_t reduction, const Denominat
   if (reduction == kNone) return values;
   const auto total = values.sum();
   return reduction == kMean ? total / denominator : total;
+}
+
+// A gradient that a forward computed for an upstream gradient of one and kept in ctx under key,
+// scaled by the upstream gradient g: in place, handed out once (undefined after that). Compiled
+// autograd (the GIL held) calls a backward with a copy of the context: there the gradient stays
+// in the node's own context, for a later backward of a retained graph, and is scaled into a new
+// tensor.
+Tensor hand_out(AutogradContext* ctx, const char* key, const Tensor& g) {
+  const auto found = ctx->saved_data.find(key);
+  if (found == ctx->saved_data.end()) return Tensor();
+  auto grad = found->second.toTensor();
+  if (gil::hooks.held()) return grad * g.reshape({});
+  ctx->saved_data.erase(found);
+  op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(grad, g);
+  return grad;
 }
 
 // ---- cross_entropy ------------------------------------------------------------------------
@@ -427,6 +447,44 @@ struct CrossEntropyBackward {
     result[0] = d_grad;
     result[1] = d_input;
     result[2] = d_target;
+    return result;
+  }
+};
+
+// cross_entropy whose forward also writes the input gradient (for an upstream gradient of one)
+// into grad_input, so the logits are read once in all; grad_input may share input's memory, the
+// logits then lost. The backward scales that buffer in place and hands it out: the graph can be
+// backpropagated once, and not differentiated twice.
+struct CrossEntropyGradInForward {
+  static constexpr const char* kName = kCrossEntropyGradInForward;
+  static constexpr const char* kGradKey = "grad_input";
+  using Signature = GradInForwardSig;
+
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                        const OptionalTensor& weight, int64_t reduction, int64_t ignore_index,
+                        double label_smoothing, Tensor& grad_input, double lse_square_scale,
+                        double softcap) {
+    TORCH_CHECK(!requires_grad(target) && !requires_grad(weight), kName,
+                ": not differentiable with respect to target or weight");
+    // A tensor of a graph overwritten behind autograd's back would corrupt its gradients; input
+    // is overwritten through input.detach(), which shares its version counter.
+    TORCH_CHECK(!grad_input.requires_grad(), kName, ": grad_input must not require grad");
+    auto loss = below_autograd<kName, Signature>(input, target, weight, reduction, ignore_index,
+                                                 label_smoothing, grad_input, lse_square_scale,
+                                                 softcap);
+    // A backward that saved these logits (tanh's saves its output) must see them overwritten.
+    torch::autograd::impl::bump_version(grad_input);
+    ctx->saved_data[kGradKey] = grad_input;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), kName,
+                ": double backward (create_graph=True) is not supported");
+    variable_list result(9);
+    result[0] = hand_out(ctx, kGradKey, grads[0]);
+    TORCH_CHECK(result[0].defined(), "cross_entropy(grad_in_forward=True): the gradient was "
+                "already handed out; this graph can be backpropagated once only");
     return result;
   }
 };
@@ -749,7 +807,6 @@ using MarginBackwardSig = Tensor(const Tensor&, const Tensor&, const Tensor&, in
 constexpr char kLinearCrossEntropy[] = "pyops::linear_cross_entropy";
 constexpr char kLinearCrossEntropyGrads[] = "pyops::linear_cross_entropy_grads";
 constexpr char kLinearCrossEntropyBackward[] = "pyops::linear_cross_entropy_backward";
-constexpr char kScaleUnlessOne[] = "pyops::scale_unless_one_";
 
 using Mask = std::array<bool, 3>;
 using LinearCrossEntropySig = Tensor(const Tensor&, const Tensor&, const OptionalTensor&,
@@ -795,7 +852,7 @@ struct LinearCrossEntropy {
         label_smoothing, chunk_size, mask, lse_square_scale, softcap);
     const std::array<Tensor, 3> forward_grads{gi, gw, gb};
     for (size_t i = 0; i < 3; ++i) {  // entries, as compiled autograd lifts only those
-      ctx->saved_data[kGradKeys[i]] = forward_grads[i];
+      if (mask[i]) ctx->saved_data[kGradKeys[i]] = forward_grads[i];
     }
     return loss;
   }
@@ -822,31 +879,20 @@ struct LinearCrossEntropy {
       }
       return result;
     }
-    std::array<Tensor, 3> computed;
-    const bool from_forward = ctx->saved_data.count(kGradKeys[0]) != 0;
-    // Compiled autograd (the GIL held) calls a backward with a copy of the context: the
-    // gradients stay in the node's own context, for a later backward of a retained graph, and
-    // are scaled into new tensors.
-    const bool keep = from_forward && gil::hooks.held();
-    if (from_forward) {
-      for (size_t i = 0; i < 3; ++i) {
-        computed[i] = ctx->saved_data[kGradKeys[i]].toTensor();
-        if (!keep) ctx->saved_data.erase(kGradKeys[i]);
-      }
-    } else {
-      auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
-          s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
-          chunk_size, mask, z, cap);
-      computed = {std::get<1>(again), std::get<2>(again), std::get<3>(again)};
+    bool from_forward = true;  // all wanted gradients kept by the forward, or none
+    for (size_t i = 0; i < 3; ++i) {
+      if (mask[i]) from_forward = (result[i] = hand_out(ctx, kGradKeys[i], grads[0])).defined();
     }
+    if (from_forward) return result;
+    const auto again = op<kLinearCrossEntropyGrads, LinearCrossEntropyGradsSig>().call(
+        s[0], s[1], optional(s[2]), s[3], optional(s[4]), reduction, ignore_index, smoothing,
+        chunk_size, mask, z, cap);
+    const std::array<Tensor, 3> computed{std::get<1>(again), std::get<2>(again),
+                                         std::get<3>(again)};
     for (size_t i = 0; i < 3; ++i) {
       if (!mask[i]) continue;
-      if (keep) {
-        result[i] = computed[i] * grads[0].reshape({});
-      } else {
-        op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(computed[i], grads[0]);
-        result[i] = std::move(computed[i]);
-      }
+      result[i] = computed[i];
+      op<kScaleUnlessOne, void(Tensor&, const Tensor&)>().call(result[i], grads[0]);
     }
     return result;
   }
@@ -874,6 +920,7 @@ PYOPS_ACTIVATIONS(PYOPS_ACTIVATION_FUNCTIONS)
   X(log_softmax_backward, SoftmaxFamilyBackward<kLogSoftmaxBackward, log_softmax_second>)       \
   X(cross_entropy, CrossEntropy)                                                                \
   X(cross_entropy_backward, CrossEntropyBackward)                                               \
+  X(cross_entropy_grad_in_forward, CrossEntropyGradInForward)                                   \
   X(linear_cross_entropy, LinearCrossEntropy)                                                   \
   X(nll_loss, NllLoss)                                                                          \
   X(nll_loss_backward, NllLossBackward)                                                         \

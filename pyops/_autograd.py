@@ -1,14 +1,8 @@
-"""Fake (meta) kernels for every pyops operator, and the autograd of
-cross_entropy(grad_in_forward=True).
-
-Every other operator has its autograd in C++ (csrc/autograd.cpp), each backward written with
-differentiable ops, so double backward works throughout.
-"""
+"""Fake (meta) kernels for every pyops operator. Their autograd is in C++ (csrc/autograd.cpp)."""
 
 import torch
 
 from . import _C
-from ._ops import ops
 
 
 def register_fake(name):
@@ -100,35 +94,6 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_inpu
 @register_fake("scale_unless_one_")
 def _(self, scale):
     return None
-
-
-class CrossEntropyGradInForward(torch.autograd.Function):
-    """cross_entropy whose forward also writes the input gradient, so the logits are read once
-    in all. The backward scales that saved gradient in place by the upstream gradient (a no-op
-    when it is one, tested on the device), so the graph can be backpropagated once only, and
-    not differentiated twice. With overwrite_input the gradient replaces the logits."""
-
-    @staticmethod
-    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing,
-                lse_square_scale, softcap, overwrite_input):
-        grad = input if overwrite_input else torch.empty_like(input)
-        loss = ops().cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
-                                                   label_smoothing, grad, lse_square_scale,
-                                                   softcap)
-        ctx.save_for_backward(grad)
-        ctx.spent = False
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        if ctx.spent:
-            raise RuntimeError("cross_entropy(grad_in_forward=True): the gradient was already "
-                               "handed out; this graph can be backpropagated once only")
-        ctx.spent = True
-        (grad,) = ctx.saved_tensors
-        ops().scale_unless_one_(grad, grad_loss)
-        return grad, None, None, None, None, None, None, None, None
 
 
 # ---- linear_cross_entropy ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
-from ._autograd import ACTIVATIONS, REDUCTION_NONE, CrossEntropyGradInForward
+from ._autograd import ACTIVATIONS, REDUCTION_NONE
 from ._ops import ops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
@@ -186,8 +186,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         if target.requires_grad or (weight is not None and weight.requires_grad):
             raise ValueError("cross_entropy: grad_in_forward=True gives the gradient of input "
                              "only; target and weight must not require grad")
-        return CrossEntropyGradInForward.apply(input, target, weight, reduction, ignore_index,
-                                               label_smoothing, *extras, overwrite_input)
+        grad = input.detach() if overwrite_input else torch.empty_like(input)
+        return ops().cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
+                                                   label_smoothing, grad, *extras)
     loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index,
                                   label_smoothing, *extras)
     return loss

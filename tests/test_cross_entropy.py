@@ -373,6 +373,34 @@ def test_grad_in_forward_is_one_shot_and_checked(device):
     opcheck(torch.ops.pyops.scale_unless_one_, (buffer, torch.tensor(2.0, device=device)))
     with pytest.raises(RuntimeError, match="reduction 'mean' or 'sum'"):
         torch.ops.pyops.cross_entropy_grad_in_forward(x.detach(), t, None, 0, -100, 0.0, buffer)
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(PF.cross_entropy(x * 1, t, grad_in_forward=True), x,
+                            create_graph=True)
+    with pytest.raises(RuntimeError, match="must not require grad"):  # a tensor of a graph
+        torch.ops.pyops.cross_entropy_grad_in_forward(x, t, None, 1, -100, 0.0, x.exp())
+    # logits that another backward saved (tanh's output) are seen to be overwritten
+    logits = torch.tanh(x)
+    loss = PF.cross_entropy(logits, t, grad_in_forward=True, overwrite_input=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@device_params
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_grad_in_forward_compiles(device, overwrite):
+    from torch._dynamo import compiled_autograd
+
+    def f(x, t):
+        return PF.cross_entropy(x * 2, t, grad_in_forward=True, overwrite_input=overwrite)
+
+    t, _ = class_targets((8, 9), 1, device, "default")
+    x = make_tensor((8, 9), torch.float32, device).requires_grad_()
+    assert_compiles_like_eager(f, x, t)
+    (expected,) = torch.autograd.grad(TF.cross_entropy(x * 2, t) * 3, x)
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        (f(x, t) * 3).backward()
+    assert_close(x.grad, expected, torch.float32)
 
 
 # ---- errors ------------------------------------------------------------------------------------
