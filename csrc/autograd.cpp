@@ -8,6 +8,7 @@
 #include "gil.h"
 #include "loss_inputs.h"
 
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -50,18 +51,85 @@ Result as_result(const Tensor& output) { return output; }
 template <typename Result>
 Result as_result(const variable_list& outputs) { return {outputs[0], outputs[1]}; }
 
+// Gives an output of F's forward its edge to node (an input returned as is would otherwise lose
+// its own history: it is copied, as no pyops kernel returns one on purpose).
+template <typename F>
+void attach(Tensor& out, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& node,
+            const variable_list& inputs) {
+  if (!out.defined()) {
+    node->output_info_.emplace_back();
+    node->add_input_metadata(torch::autograd::Node::undefined_input());
+    return;
+  }
+  for (const auto& input : inputs) {
+    if (input.defined() && input.is_same(out)) out = out.clone();
+  }
+  node->output_info_.emplace_back(out);
+  torch::autograd::create_gradient_edge(out, node);
+}
+
+template <typename F>
+void attach_all(variable_list& outs, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& node,
+                const variable_list& inputs) {
+  for (auto& out : outs) attach(out, node, inputs);
+}
+
+// A call of F's operator that autograd records: the node torch::autograd::Function::apply
+// builds, without that function's general handling of outputs (views, in-place modified inputs,
+// non-differentiable outputs) that no pyops forward returns, and which costs a small call
+// several allocations. functorch transforms are refused, as apply refuses them.
+template <typename F, typename... Args>
+auto record(Args&... args) {
+  if (const auto& functorch = at::functorch::functorchTLSAccessor()) {
+    functorch->checkSupportsCppAutogradFunction();
+  }
+  auto node = c10::make_intrusive<torch::autograd::CppNode<F>>();
+  variable_list inputs;
+  inputs.reserve(sizeof...(Args));
+  node->is_variable_input_.reserve(sizeof...(Args));
+  torch::autograd::extract_vars(node->is_variable_input_, inputs, args...);
+  node->input_info_.reserve(inputs.size());
+  for (const auto& input : inputs) node->input_info_.emplace_back(input);
+  node->set_ctx_grad_fn(node);
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  auto outputs = [&] {
+    at::AutoGradMode off(false);
+    return F::forward(&node->ctx_, args...);
+  }();
+  if constexpr (std::is_same_v<decltype(outputs), Tensor>) {
+    attach(outputs, node, inputs);
+  } else {
+    attach_all(outputs, node, inputs);
+  }
+  node->save_variables_to_ctx();  // after the edges: a saved output is known as one
+  return outputs;
+}
+
 // The Autograd kernel of Function F's operator (F::kName, F::Signature): F records the call when
 // autograd would; otherwise the kernel below autograd runs, without building a node.
 template <typename F, typename Signature = typename F::Signature>
 struct AutogradKernel;
 
+// No pyops operator has a forward-mode derivative: a dual tensor is refused, not passed through
+// without its tangent.
+void refuse_forward_ad(const char* name, const Tensor& t) {
+  TORCH_CHECK(!t.defined() || !t._fw_grad(/*level=*/0).defined(), name,
+              ": forward-mode AD is not supported");
+}
+void refuse_forward_ad(const char* name, const OptionalTensor& t) {
+  if (t.has_value()) refuse_forward_ad(name, *t);
+}
+template <typename Scalar>
+void refuse_forward_ad(const char*, const Scalar&) {}
+
 template <typename F, typename Result, typename... Args>
 struct AutogradKernel<F, Result(Args...)> {
   static Result call(Args... args) {
+    (refuse_forward_ad(F::kName, args), ...);
     if (!at::GradMode::is_enabled() || !(requires_grad(args) || ...)) {
       return below_autograd<F::kName, Result(Args...)>(args...);
     }
-    return as_result<Result>(F::apply(args...));
+    return as_result<Result>(record<F>(args...));
   }
 };
 

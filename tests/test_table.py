@@ -90,6 +90,22 @@ def test_gradcheck_and_gradgradcheck(device, op):
                 torch.autograd.gradgradcheck(fn, leaves)
 
 
+@device_params
+@rows
+def test_forward_mode_ad_is_refused(device, op):
+    """No operator has a forward-mode derivative: a dual input raises, with or without grad,
+    rather than losing its tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    args, kwargs = samples(op, torch.float32, device)[-1]
+    for requires_grad in (False, True):
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(args[0].detach().requires_grad_(requires_grad),
+                                  torch.ones_like(args[0]))
+            with pytest.raises(RuntimeError, match="forward-mode AD is not supported"):
+                op.function(dual, *args[1:], **kwargs)
+
+
 def _reached(op, args, kwargs):
     """The pyops calls a forward and second-order backward of `op` make."""
     leaves = _with_grad(args, _floating(args))
