@@ -142,6 +142,10 @@ inline Prepared prepare_classes(const char* op, const at::Tensor& input,
   TORCH_CHECK(target.device() == input.device(), op,
               ": input and target must be on the same device, got ", input.device(), " and ",
               target.device());
+  // torch's check, a ValueError, before any other of the target's
+  TORCH_CHECK_VALUE(input.dim() < 2 || target.dim() < 1 || target.size(0) == input.size(0),
+                    "Expected input batch_size (", num_str(input.size(0)),
+                    ") to match target batch_size (", num_str(target.size(0)), ").");
   Prepared p;
   p.op = op;
   p.class_dim = input.dim() == 1 ? 0 : 1;

@@ -69,9 +69,18 @@ def _loss_shape(input, reduction):
 
 # ---- cross_entropy --------------------------------------------------------------------------
 
+def check_class_target_batch(input_shape, target_shape):
+    """torch's batch check of a class target, as the kernels make it first (also for
+    torch.compile to trace, and for the paths that reach no kernel with the whole target)."""
+    if len(input_shape) >= 2 and len(target_shape) >= 1 and input_shape[0] != target_shape[0]:
+        raise ValueError(f"Expected input batch_size ({input_shape[0]}) to match target "
+                         f"batch_size ({target_shape[0]}).")
+
+
 @register_fake("cross_entropy")
 def _(input, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale=0.0,
       softcap=0.0):
+    check_class_target_batch(input.shape, target.shape)
     loss = input.new_empty(_loss_shape(input, reduction))
     lse = input.new_empty(_position_shape(input), dtype=_acc_dtype(input.dtype))
     return loss, lse
@@ -126,6 +135,7 @@ def _(grad, input, linear_weight, linear_bias, target, weight, reduction, ignore
 
 @register_fake("nll_loss")
 def _(input, target, weight, reduction, ignore_index):
+    check_class_target_batch(input.shape, target.shape)
     return input.new_empty(_loss_shape(input, reduction))
 
 

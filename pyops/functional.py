@@ -9,7 +9,7 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
-from ._autograd import ACTIVATIONS, REDUCTION_NONE
+from ._autograd import ACTIVATIONS, REDUCTION_NONE, check_class_target_batch
 from ._ops import ops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
@@ -112,14 +112,10 @@ def _check_label_smoothing(label_smoothing):
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
 
 
-def _check_class_target_batch(input_shape, target_shape):
-    if len(input_shape) >= 2 and len(target_shape) >= 1 and input_shape[0] != target_shape[0]:
-        raise ValueError(f"Expected input batch_size ({input_shape[0]}) to match target "
-                         f"batch_size ({target_shape[0]}).")
-
-
 def _extras(lse_square_scale, softcap):
     """lse_square_scale and softcap as the operators take them (softcap 0 for none)."""
+    if softcap is None and lse_square_scale == 0:  # the usual call, cheaply
+        return 0.0, 0.0
     if softcap is not None and not 0 < softcap < math.inf:
         raise ValueError(f"softcap must be positive and finite, or None, got {softcap}")
     if not math.isfinite(lse_square_scale):
@@ -169,8 +165,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         dtype = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
-        _check_class_target_batch(shape, target_shape)
-    if isinstance(input, _vocab_parallel.DTensor):
+        check_class_target_batch(shape, target_shape)
+    if type(input) is not torch.Tensor and isinstance(input, _vocab_parallel.DTensor):
         return _vocab_parallel.dtensor_cross_entropy(input, target, weight, reduction,
                                                      ignore_index, label_smoothing, *extras)
     if process_group is not None:
@@ -258,7 +254,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     elif not soft:
-        _check_class_target_batch(input.shape, target.shape)
+        check_class_target_batch(input.shape, target.shape)
     autocast = torch.is_autocast_enabled(input.device.type)
     if autocast:  # linear's matmul in the autocast dtype, the loss in float32
         low = torch.get_autocast_dtype(input.device.type)
@@ -288,18 +284,17 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     reduction = _reduction_enum(size_average, reduce, reduction)
     if input.dim() == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
-    _check_weight(weight, "nll_loss")
-    _check_class_target_batch(input.shape, target.shape)
+    _check_weight(weight, "nll_loss")  # the batch sizes: the kernels check them, as torch's do
     return ops().nll_loss(input, target, weight, reduction, ignore_index)
 
 
 def _promoted(*tensors):
     """Tensors (None kept) cast to their common floating dtype, as torch's elementwise losses do."""
-    present = [t for t in tensors if t is not None]
-    dtype = functools.reduce(torch.promote_types, [t.dtype for t in present])
+    dtypes = {t.dtype for t in tensors if t is not None}
+    dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
     if not dtype.is_floating_point:
         raise NotImplementedError(f"expected floating-point inputs, got {dtype}")
-    return [None if t is None else t.to(dtype) for t in tensors]
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
@@ -309,8 +304,8 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
             f"Using a target size ({target.size()}) that is different to the input size "
             f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.", stacklevel=2)
+        input, target = torch.broadcast_tensors(input, target)
     reduction = _reduction_enum(size_average, reduce, reduction)
-    input, target = torch.broadcast_tensors(input, target)
     if weight is not None and weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     input, target, weight = _promoted(input, target, weight)
@@ -351,7 +346,9 @@ def hinge_loss(input, target, margin=1.0, reduction="mean"):
     `reduction` ('none', 'mean' or 'sum'), broadcasting input and target like that expression.
     """
     reduction = _reduction.get_enum(reduction)
-    input, target = _promoted(*torch.broadcast_tensors(input, target))
+    if input.shape != target.shape:
+        input, target = torch.broadcast_tensors(input, target)
+    input, target = _promoted(input, target)
     return ops().hinge_loss(input, target, float(margin), reduction)
 
 

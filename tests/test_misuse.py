@@ -45,6 +45,8 @@ MISUSES = [
     ("batch mismatch", ValueError, lambda: PF.cross_entropy(_x(4, 5), _t(0, 1, 2))),
     ("spatial target mismatch", RuntimeError, lambda: PF.cross_entropy(_x(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))),
     ("nll batch mismatch", ValueError, lambda: PF.nll_loss(_x(4, 5), _t(0, 1, 2))),
+    ("nll op batch mismatch", ValueError, lambda: ops.nll_loss(_x(4, 5), _t(0, 1, 2), None, 1, -100)),
+    ("cross_entropy op batch mismatch", ValueError, lambda: ops.cross_entropy(_x(4, 5), _t(0, 1, 2), None, 1, -100, 0.0)),
     ("nll 0-dim input", ValueError, lambda: PF.nll_loss(torch.tensor(1.0), torch.tensor(0))),
     ("mse not broadcastable", RuntimeError, lambda: PF.mse_loss(_x(3, 2), _x(3))),
     ("bce size", ValueError, lambda: PF.binary_cross_entropy(_x(3), _x(3, 1))),
