@@ -6,9 +6,7 @@ hands to collectives in a step (the tensors' sizes: gloo's traffic on the wire i
 multiple of that); the memory is the larger rank's.
 """
 
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -21,6 +19,7 @@ from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 import pyops.functional as PF
+from pyops._ranks import run_rank
 
 from . import harness, report
 
@@ -79,10 +78,7 @@ def _steps(fn, steps):
 
 
 def _rank_records(rank, world, quick, huge_pages, dtypes, copy_bps, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank,
-                            world_size=world)
-    try:
+    def body():
         mesh = init_device_mesh("cpu", (world,))
         sent = [0]
         _counting(sent)
@@ -93,16 +89,8 @@ def _rank_records(rank, world, quick, huge_pages, dtypes, copy_bps, out):
                                           sent)
         if rank == 0:
             torch.save(records, f"{out}/records.pt")
-        dist.barrier()  # no rank leaves while another may still call the group
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    # Then the rank ends at once, without tearing the group down: the gloo group's destructor
-    # can deadlock (it holds the GIL while joining a thread that frees the last barrier's work,
-    # which takes the GIL) or abort.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+
+    run_rank(rank, world, f"{out}/store", body)
 
 
 def _case_records(rank, mesh, dtype, shape, quick, huge_pages, copy_bps, sent):

@@ -1,14 +1,11 @@
 """Shared test helpers: devices, dtypes, tolerances, input layouts."""
 
-import os
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pyops
+from pyops._ranks import run_rank
 
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 HALF_DTYPES = [torch.bfloat16, torch.float16]
@@ -175,20 +172,8 @@ def assert_raises_like_torch(exc, call, ours, theirs):
 
 
 def _rank(rank, world, backend, store, out, fn):
-    torch.set_num_threads(1)
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        torch.save(fn(rank, world), f"{out}/rank{rank}.pt")
-        dist.barrier()  # no rank leaves while another may still call the group
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    # Then the rank ends at once, without tearing the group down: the gloo group's destructor
-    # can deadlock (it holds the GIL while joining a thread that frees the last barrier's work,
-    # which takes the GIL; seen with DDP's reducer) or abort.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_rank(rank, world, store, lambda: torch.save(fn(rank, world), f"{out}/rank{rank}.pt"),
+             backend)
 
 
 def on_ranks(fn, world, tmp, backend="gloo"):
