@@ -780,19 +780,26 @@ Tensor reduced(const variable_list& t, const Boxed& rest) {
   return reduction == kMean ? Spec::mean_of(values, t).sum() : values.sum();
 }
 
+// A forward that saves its arguments (the first kTensors of them as tensors) and runs kOp.
+template <const char* kOp, size_t kTensors, typename Signature>
+struct SavesArguments;
+
+template <const char* kOp, size_t kTensors, typename... A>
+struct SavesArguments<kOp, kTensors, Tensor(A...)> {
+  static constexpr const char* kName = kOp;
+  using Signature = Tensor(A...);
+
+  static Tensor forward(AutogradContext* ctx, A... args) {
+    save_arguments(ctx, Boxed{c10::IValue(args)...}, kTensors);
+    return below_autograd<kName, Signature>(args...);
+  }
+};
+
 template <typename Spec, typename Signature>
 struct Loss;
 
 template <typename Spec, typename... A>
-struct Loss<Spec, Tensor(A...)> {
-  static constexpr const char* kName = Spec::kName;
-  using Signature = Tensor(A...);
-
-  static Tensor forward(AutogradContext* ctx, A... args) {
-    save_arguments(ctx, Boxed{c10::IValue(args)...}, Spec::kTensors);
-    return below_autograd<kName, Signature>(args...);
-  }
-
+struct Loss<Spec, Tensor(A...)> : SavesArguments<Spec::kName, Spec::kTensors, Tensor(A...)> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto backward_op =
         c10::Dispatcher::singleton().findSchemaOrThrow(Spec::kBackward, "");
@@ -828,15 +835,8 @@ template <typename Spec, typename Signature>
 struct LossBackward;
 
 template <typename Spec, typename... A>
-struct LossBackward<Spec, Tensor(A...)> {
-  static constexpr const char* kName = Spec::kBackward;
-  using Signature = Tensor(A...);
-
-  static Tensor forward(AutogradContext* ctx, A... args) {
-    save_arguments(ctx, Boxed{c10::IValue(args)...}, Spec::kTensors + 1);
-    return below_autograd<kName, Signature>(args...);
-  }
-
+struct LossBackward<Spec, Tensor(A...)>
+    : SavesArguments<Spec::kBackward, Spec::kTensors + 1, Tensor(A...)> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();  // grad, then the loss' tensors
     const auto rest = saved_rest(ctx);
