@@ -62,7 +62,10 @@ void attach(Tensor& out, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& 
     return;
   }
   for (const auto& input : inputs) {
-    if (input.defined() && input.is_same(out)) out = out.clone();
+    if (input.defined() && input.is_same(out)) {
+      at::NoGradGuard no_grad;
+      out = out.clone();
+    }
   }
   node->output_info_.emplace_back(out);
   torch::autograd::create_gradient_edge(out, node);
@@ -526,6 +529,7 @@ struct CrossEntropyBackward {
 struct CrossEntropyGradInForward {
   static constexpr const char* kName = kCrossEntropyGradInForward;
   static constexpr const char* kGradKey = "grad_input";
+  static constexpr const char* kVersionKey = "grad_input_version";
   using Signature = GradInForwardSig;
 
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
@@ -543,12 +547,20 @@ struct CrossEntropyGradInForward {
     // A backward that saved these logits (tanh's saves its output) must see them overwritten.
     torch::autograd::impl::bump_version(grad_input);
     ctx->saved_data[kGradKey] = grad_input;
+    ctx->saved_data[kVersionKey] = static_cast<int64_t>(grad_input._version());
     return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     TORCH_CHECK(!at::GradMode::is_enabled(), kName,
                 ": double backward (create_graph=True) is not supported");
+    // The buffer may be the logits' memory, which the caller still holds. (Compiled autograd
+    // traces with stand-ins, whose versions are not the buffer's.)
+    const auto kept = ctx->saved_data.find(kGradKey);
+    TORCH_CHECK(kept == ctx->saved_data.end() || gil::hooks.held() ||
+                    kept->second.toTensor()._version() == ctx->saved_data[kVersionKey].toInt(),
+                kName, ": the gradient's buffer (the logits, with overwrite_input) was modified "
+                "in place after the forward");
     variable_list result(9);
     result[0] = hand_out(ctx, kGradKey, grads[0]);
     TORCH_CHECK(result[0].defined(), "cross_entropy(grad_in_forward=True): the gradient was "

@@ -383,6 +383,11 @@ def test_grad_in_forward_is_one_shot_and_checked(device):
     loss = PF.cross_entropy(logits, t, grad_in_forward=True, overwrite_input=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+    logits = x * 1  # the gradient's buffer, modified after the forward
+    loss = PF.cross_entropy(logits, t, grad_in_forward=True, overwrite_input=True)
+    logits.detach().mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place after the forward"):
+        loss.backward()
 
 
 @device_params
