@@ -151,21 +151,22 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction = _reduction_enum(size_average, reduce, reduction)
     _check_label_smoothing(label_smoothing)
     extras = _extras(lse_square_scale, softcap)
-    shape, target_shape = input.shape, target.shape  # each read once: a small call is short
-    if not shape:
+    ndim = input.dim()
+    if ndim == 0:
         raise RuntimeError("cross_entropy: input must have at least one dim (the classes), got 0")
     _check_weight(weight, "cross_entropy")
-    if shape == target_shape:  # probability targets, as torch decides
+    if target.dim() == ndim and input.shape == target.shape:  # probabilities, as torch decides
         if not target.is_floating_point():
             raise RuntimeError("Expected floating point type for target with class "
                                f"probabilities, got {target.dtype}")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
-        # promote_types, not result_type: the same here (equal shapes), and torch.compile traces it
-        dtype = torch.promote_types(input.dtype, target.dtype)
-        input, target = input.to(dtype), target.to(dtype)
-    else:
-        check_class_target_batch(shape, target_shape)
+        if input.dtype != target.dtype:
+            # promote_types, not result_type: the same here (equal shapes), and compile traces it
+            dtype = torch.promote_types(input.dtype, target.dtype)
+            input, target = input.to(dtype), target.to(dtype)
+    elif process_group is not None or type(input) is not torch.Tensor:
+        check_class_target_batch(input.shape, target.shape)  # else the kernels check it
     if type(input) is not torch.Tensor and isinstance(input, _vocab_parallel.DTensor):
         return _vocab_parallel.dtensor_cross_entropy(input, target, weight, reduction,
                                                      ignore_index, label_smoothing, *extras)
