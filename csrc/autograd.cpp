@@ -72,8 +72,8 @@ void attach(Tensor& out, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& 
 }
 
 template <typename F>
-void attach_all(variable_list& outs, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& node,
-                const variable_list& inputs) {
+void attach(variable_list& outs, const c10::intrusive_ptr<torch::autograd::CppNode<F>>& node,
+            const variable_list& inputs) {
   for (auto& out : outs) attach(out, node, inputs);
 }
 
@@ -99,11 +99,7 @@ auto record(Args&... args) {
     at::AutoGradMode off(false);
     return F::forward(&node->ctx_, args...);
   }();
-  if constexpr (std::is_same_v<decltype(outputs), Tensor>) {
-    attach(outputs, node, inputs);
-  } else {
-    attach_all(outputs, node, inputs);
-  }
+  attach(outputs, node, inputs);
   node->save_variables_to_ctx();  // after the edges: a saved output is known as one
   return outputs;
 }
