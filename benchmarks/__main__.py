@@ -77,19 +77,22 @@ def _progress(total):
 
 
 def measure(case, cfg, copies, copy_bps, min_run_time, threads, device):
-    """The records of one case at one thread count: torch first, then pyops and the peers. The
-    implementations are built at that thread count, so compiled peers are compiled for it. With
-    one input set (copies=1) where the case rotates several, the case is measured hot: its
-    inputs called again and again from the cache, as activations passed between layers are."""
+    """The records of one case at one thread count: torch first, then pyops and the peers, timed
+    in turns. The implementations are built at that thread count, so compiled peers are compiled
+    for it. With one input set (copies=1) where the case rotates several, the case is measured
+    hot: its inputs called again and again from the cache, as activations passed between layers
+    are."""
     hot = copies == 1 and harness.input_copies(case.nbytes, harness.cache_bytes(device)) > 1
     try:
         fns = case.build(cfg, copies)
         missing = {}
     except Exception as err:  # a peer that cannot run this case is reported, not dropped
         fns, missing = {}, {"all": f"{type(err).__name__}: {err}"}
-    case_records = []
     extra = [p for p in fns if p not in ("torch", "pyops")] if fns else cfg.peers[1:]
-    for impl in ["torch", "pyops"] + extra:
+    impls = ["torch", "pyops"] + extra
+    timings = harness.time_peers({i: fns[i] for i in impls if fns.get(i)}, device, min_run_time)
+    case_records = []
+    for impl in impls:
         record = report.new_record(
             op=case.op, direction=case.direction, dtype=str(case.dtype)[6:], shape=case.label,
             impl=impl, params=" ".join(p for p in (case.params, "hot cache" if hot else "") if p),
@@ -99,7 +102,9 @@ def measure(case, cfg, copies, copy_bps, min_run_time, threads, device):
             record["missing"] = missing.get("all", "not available")
         else:
             try:
-                median, iqr = harness.time_fn(fn, device, min_run_time)
+                if isinstance(timings[impl], Exception):
+                    raise timings[impl]
+                median, iqr = timings[impl]
                 record.update(median_s=median, iqr_s=iqr, gbps=case.nbytes / median / 1e9,
                               pct_copy=100 * case.nbytes / median / copy_bps,
                               peak_extra_bytes=harness.peak_extra_bytes(fn, device))

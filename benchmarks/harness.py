@@ -5,11 +5,12 @@ import ctypes.util
 import gc
 import os
 import platform
+import statistics
 import subprocess
 import time
+import timeit
 
 import torch
-import torch.utils.benchmark as tbench
 
 
 def sync(device):
@@ -17,16 +18,52 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_fn(fn, device, min_run_time):
-    """Median and interquartile range of fn's time in seconds, after warm-up."""
-    fn()
-    sync(device)
+def time_peers(fns, device, min_run_time, max_rounds=15):
+    """Each implementation's median time per call and interquartile range, in seconds, or the
+    exception it raised (then it is left out of the rest), after a warm-up call.
+
+    On CPU the implementations take turns: one block of calls each per round, in reversed order
+    every other round, so that a disturbance of the machine (another tenant, a clock change)
+    falls on all of them alike rather than on whichever ran then. Each gets about min_run_time;
+    the statistics are over its blocks. CUDA times each one's calls with events on the device."""
+    results, once = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            sync(device)
+            if device == "cuda":
+                results[name] = _time_cuda(fn, min_run_time)
+            else:
+                once[name] = _seconds_per_call(fn)
+        except Exception as err:
+            results[name] = err
     if device == "cuda":
-        return _time_cuda(fn, min_run_time)
-    # Timer would run fn on one thread unless told the count (its default is 1).
-    timer = tbench.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return measurement.median, measurement.iqr
+        return results
+    live = {name: fns[name] for name in once}
+    rounds = int(min(max(min_run_time / max(once.values(), default=1), 5), max_rounds))
+    calls = {name: max(1, round(min_run_time / rounds / t)) for name, t in once.items()}
+    blocks = {name: [] for name in live}
+    for r in range(rounds):
+        for name in list(live)[::-1 if r % 2 else 1]:
+            try:
+                blocks[name].append(timeit.Timer(live[name]).timeit(calls[name]) / calls[name])
+            except Exception as err:
+                results[name] = err
+                del live[name]
+    for name in live:
+        q1, median, q3 = statistics.quantiles(blocks[name], n=4, method="inclusive")
+        results[name] = (median, q3 - q1)
+    return {name: results[name] for name in fns}
+
+
+def _seconds_per_call(fn, at_least=1e-3):
+    """A first estimate: calls in growing numbers until they take at_least seconds."""
+    calls = 1
+    while True:
+        seconds = timeit.Timer(fn).timeit(calls)
+        if seconds >= at_least:
+            return seconds / calls
+        calls *= 4
 
 
 def _time_cuda(fn, min_run_time, max_calls=2000):
@@ -104,7 +141,7 @@ def copy_bandwidth(device, nbytes=1 << 28, min_run_time=0.3):
     """Bytes per second of dst.copy_(src) (read + write) into an existing buffer."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    median, _ = time_fn(lambda: dst.copy_(src), device, min_run_time)
+    median, _ = time_peers({"copy": lambda: dst.copy_(src)}, device, min_run_time)["copy"]
     return 2 * nbytes / median
 
 

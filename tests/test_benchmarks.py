@@ -77,17 +77,35 @@ def test_unknown_op_is_rejected():
 
 
 def test_timing_runs_at_the_thread_count_set():
-    """torch.utils.benchmark.Timer runs on one thread unless told otherwise."""
+    """Timing keeps the thread count set (torch.utils.benchmark.Timer, for one, runs on one
+    thread unless told otherwise)."""
     from benchmarks import harness
 
     seen = []
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        harness.time_fn(lambda: seen.append(torch.get_num_threads()), "cpu", min_run_time=0.01)
+        harness.time_peers({"f": lambda: seen.append(torch.get_num_threads())}, "cpu", 0.01)
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {3}
+
+
+def test_peers_are_timed_in_turns():
+    """A disturbance of the machine must fall on every implementation of a case, not on whichever
+    ran then: their calls alternate block by block, and one that fails leaves the others timed."""
+    from benchmarks import harness
+
+    calls = []
+    failing = iter(range(3))
+    timings = harness.time_peers({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                                  "bad": lambda: next(failing)}, "cpu", 0.02)
+    assert isinstance(timings["bad"], StopIteration)
+    runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert runs[:2] == ["a", "b"] and len(runs) >= 6  # warm-up, then at least 5 rounds each
+    for name in "ab":
+        median, iqr = timings[name]
+        assert median > 0 and iqr >= 0
 
 
 def test_a_missing_peer_is_a_footnote():
