@@ -402,22 +402,26 @@ struct CrossEntropy {
           grad_loss, input, target, optional(weight), reduction, saved_int(ctx, "ignore_index"),
           smoothing, saved[3], z, cap);
     }
-    const auto wide = [&] { return input.to(acc_dtype(input.scalar_type())); };  // as the kernels
+    std::optional<Capped> wide;  // the capped logits in the kernels' compute type, made once
+    const auto logits = [&]() -> const Capped& {
+      if (!wide) wide = capped(input.to(acc_dtype(input.scalar_type())), cap);
+      return *wide;
+    };
     const auto dim = class_dim_of(input);
     // probability targets: d loss / d q = -(1 - eps) w log p
     if (grad_loss.defined() && ctx->needs_input_grad(1)) {
-      const auto x = wide();
+      const auto& x = logits().logits;
       const auto scale = position_scale(grad_loss.to(x.scalar_type()), reduction,
                                         c10::Scalar(positions_of(input)), input);
-      const auto log_p = op<kLogSoftmax, WithDim>().call(capped(x, cap).logits, dim);
+      const auto log_p = op<kLogSoftmax, WithDim>().call(x, dim);
       const auto w = broadcast_weight(weight.defined() ? weight.to(x.scalar_type()) : weight, x);
       result[1] = (-(1 - smoothing) * w * log_p * scale).to(target.scalar_type());
     }
     // d lse / d input = the capped logits' softmax times the cap's slope
     if (grad_lse.defined() && ctx->needs_input_grad(0)) {
-      const auto logits = capped(wide(), cap);
-      auto d_input = grad_lse.unsqueeze(dim) * op<kSoftmax, WithDim>().call(logits.logits, dim);
-      if (logits.slope.defined()) d_input = d_input * logits.slope;
+      const auto& x = logits();
+      auto d_input = grad_lse.unsqueeze(dim) * op<kSoftmax, WithDim>().call(x.logits, dim);
+      if (x.slope.defined()) d_input = d_input * x.slope;
       d_input = d_input.to(input.scalar_type());
       result[0] = result[0].defined() ? result[0] + d_input : d_input;
     }

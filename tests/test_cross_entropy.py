@@ -251,11 +251,17 @@ def test_log_sum_exp_output_is_differentiable(device, shape, softcap):
         loss, lse = torch.ops.pyops.cross_entropy(z, t, None, 1, -100, 0.1, 0.0, softcap)
         return loss + (lse * lse).sum()
 
+    def soft(z, q):  # probability targets, differentiated too
+        loss, lse = torch.ops.pyops.cross_entropy(z, q, None, 1, -100, 0.1, 0.0, softcap)
+        return loss + (lse * lse).sum()
+
     capped = softcap * torch.tanh(x / softcap) if softcap else x
     assert_close(lse(x), torch.logsumexp(capped, class_dim), torch.float64)
     assert torch.autograd.gradcheck(lse, (x,))
     assert torch.autograd.gradcheck(both, (x,))
     assert torch.autograd.gradgradcheck(both, (x,))
+    q = torch.softmax(make_tensor(shape, torch.float64, device, seed=3), class_dim)
+    assert torch.autograd.gradcheck(soft, (x, q.requires_grad_()))
 
 
 @device_params
