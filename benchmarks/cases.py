@@ -187,7 +187,7 @@ def softmax_cases(cfg):
 # ---- losses: forward, and forward+backward ----------------------------------------------------
 
 def _fwd_bwd(loss_fn):
-    """loss and the input's gradient (returned, not accumulated, so every call does the same work)."""
+    """loss and the input's gradient (returned, not accumulated: every call does the same work)."""
     def run(x, *rest):
         return torch.autograd.grad(loss_fn(x, *rest), x)[0]
     return run
@@ -228,7 +228,8 @@ def cross_entropy_cases(cfg):
             # minimum traffic: logits and targets read once; fwd+bwd also writes the gradient once
             for direction, nbytes in (("fwd", logits), ("fwd+bwd", 2 * logits)):
                 yield Case("cross_entropy", direction, dtype, shape, params, nbytes + 8 * shape[0],
-                           lambda cfg, s=shape, d=dtype, r=direction != "fwd": _ce_inputs(cfg, s, d, r),
+                           lambda cfg, s=shape, d=dtype, r=direction != "fwd":
+                               _ce_inputs(cfg, s, d, r),
                            lambda cfg, r=direction, o=ours, t=theirs, sm=smoothing, v=modes:
                                _loss_peers(cfg, r, t, o, _liger_cross_entropy(sm), v))
 
@@ -275,6 +276,14 @@ def _gemm_floor(x, w, t):
         return logits @ w, logits.t() @ x
 
 
+def _fast_cpu_matmul(dtype):
+    """Whether torch's CPU matmul is fast in dtype: in the half types it needs oneDNN's kernels,
+    which need AVX-512 (AVX512-FP16 or AMX for float16); else ATen's plain loop runs."""
+    supported = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                 torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
+    return supported is None or supported()
+
+
 def _liger_linear_cross_entropy():
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
@@ -288,12 +297,16 @@ def linear_cross_entropy_cases(cfg):
 
     chunked = functools.partial(TF.linear_cross_entropy,
                                 options=torch.nn.LinearCrossEntropyOptions())
-    for dtype, shape in itertools.product(cfg.dtypes, LCE_SHAPES["quick" if cfg.quick else cfg.device]):
+    shapes = LCE_SHAPES["quick" if cfg.quick else cfg.device]
+    for dtype, shape in itertools.product(cfg.dtypes, shapes):
         n, hidden, classes = shape
         # input and weight read, their gradients written
         nbytes = 2 * (n + classes) * hidden * dtype.itemsize
 
-        def impls(cfg):
+        def impls(cfg, dtype=dtype):
+            if cfg.device == "cpu" and not cfg.quick and not _fast_cpu_matmul(dtype):
+                raise RuntimeError(f"torch's {str(dtype)[6:]} matmul has no fast path on this CPU "
+                                   "(oneDNN does not support it here): minutes per call")
             fns = _peers(cfg, TF.linear_cross_entropy, PF.linear_cross_entropy,
                          _liger_linear_cross_entropy if cfg.device == "cuda" else None)
             fns = {name: grads(fn) for name, fn in fns.items()}

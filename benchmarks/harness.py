@@ -40,7 +40,7 @@ def time_peers(fns, device, min_run_time, max_rounds=15):
     if device == "cuda":
         return results
     live = {name: fns[name] for name in once}
-    rounds = int(min(max(min_run_time / max(once.values(), default=1), 5), max_rounds))
+    rounds = int(min(max(min_run_time / max(once.values(), default=1), 3), max_rounds))
     calls = {name: max(1, round(min_run_time / rounds / t)) for name, t in once.items()}
     blocks = {name: [] for name in live}
     for r in range(rounds):
