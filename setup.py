@@ -1,8 +1,9 @@
 """Builds pyops' compiled parts with torch.utils.cpp_extension.
 
 - pyops._C: the operator schemas (csrc/ops.cpp), the C++ autograd (csrc/autograd.cpp), the
-  build facts and, in a CUDA build, the CUDA kernels (csrc/cuda/*.cu). A CUDA build happens when torch has CUDA and nvcc is found;
-  PYOPS_CUDA=0/1 forces either way. Architectures: TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX".
+  build facts and, in a CUDA build, the CUDA kernels (csrc/cuda/*.cu). A CUDA build happens
+  when torch has CUDA and nvcc is found; PYOPS_CUDA=0/1 forces either way. Architectures:
+  TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX".
 - pyops._cpu_<isa>: every CPU kernel (csrc/cpu/*.cpp), compiled once per x86 instruction set.
   pyops loads the best one the running CPU supports, so the wheel never assumes the build
   machine's CPU and never dies of an illegal instruction on an older one.
@@ -93,7 +94,8 @@ def wheel_cuda_includes():
         import nvidia
     except ImportError:
         return []
-    return sorted(d for base in nvidia.__path__ for d in glob.glob(os.path.join(base, "*", "include")))
+    return sorted(d for base in nvidia.__path__
+                  for d in glob.glob(os.path.join(base, "*", "include")))
 
 
 def core_extension(compile_flags, link_flags):

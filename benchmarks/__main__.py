@@ -36,7 +36,8 @@ def parse_args(argv):
                    help="CPU: measure with torch's huge-page allocation (THP_MEM_ALLOC_ENABLE=1, "
                         "for torch's and pyops' outputs alike), without it, or both (default); "
                         "each setting runs in a process of its own")
-    p.add_argument("--out", type=pathlib.Path, help="output folder (default: benchmarks/results/<time>)")
+    p.add_argument("--out", type=pathlib.Path,
+                   help="output folder (default: benchmarks/results/<time>)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                    help="print the rows of NEW/results.json that moved beyond noise against OLD")
@@ -51,7 +52,8 @@ def parse_args(argv):
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     try:
-        args.thread_counts = thread_counts(args.threads) if args.device == "cpu" else [torch.get_num_threads()]
+        args.thread_counts = (thread_counts(args.threads) if args.device == "cpu"
+                              else [torch.get_num_threads()])
     except ValueError:
         p.error(f"--threads: expected positive counts or 'all', got {args.threads!r}")
     return args
@@ -164,8 +166,8 @@ def run_in_child(argv, huge_pages):
     else:
         env.pop("THP_MEM_ALLOC_ENABLE", None)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "benchmarks", *argv, "--huge-pages", "on" if huge_pages else "off",
-               "--out", tmp, "--no-plots"]
+        cmd = [sys.executable, "-m", "benchmarks", *argv,
+               "--huge-pages", "on" if huge_pages else "off", "--out", tmp, "--no-plots"]
         try:
             subprocess.run(cmd, env=env, cwd=ROOT.parent, stdout=subprocess.DEVNULL, check=True)
         except KeyboardInterrupt:

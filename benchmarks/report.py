@@ -70,7 +70,8 @@ def table_rows(records, notes=None):
     the same number), not a wider column."""
     notes = [] if notes is None else notes
     rows = []
-    for (op, direction, dtype, shape, params, threads, huge), group in _rows_by_case(records).items():
+    for key, group in _rows_by_case(records).items():
+        op, direction, dtype, shape, params, threads, huge = key
         timed = [r for r in group if r["median_s"] is not None]
         best = min(timed, key=lambda r: r["median_s"]) if timed else None
         for r in group:
@@ -112,8 +113,8 @@ def markdown_report(results):
     out.append("Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     out.append(f"Copy bandwidth measured in this run: {results['copy_gbps']:.1f} GB/s")
     out.append("")
-    out.append("Times are medians; `vs torch` is time / torch eager's time in the same run (below 1 "
-               "is faster); `*` marks the fastest implementation of a row.")
+    out.append("Times are medians; `vs torch` is time / torch eager's time in the same run "
+               "(below 1 is faster); `*` marks the fastest implementation of a row.")
     out += ["", "## Summary", "",
             "Time ratio, geometric mean over the shapes and dtypes measured (number of rows in "
             "brackets); below 1 means pyops is faster. Each peer is compared in the same setting: "
@@ -164,8 +165,8 @@ def summary_markdown(records):
         for p in peers:
             if p in times:
                 row[(p, (threads, huge))].append(times["pyops"] / times[p])
-    lines = ["| op | dir | " + " | ".join(f"pyops / {p} ({setting(*st)})" for p, st in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    header = " | ".join(f"pyops / {p} ({setting(*st)})" for p, st in columns)
+    lines = [f"| op | dir | {header} |", "|---|---|" + "---|" * len(columns)]
     for (op, direction), row in ratios.items():
         cells = [f"{_geomean(v):.2f} ({len(v)})" if v else "-" for v in row.values()]
         lines.append(f"| {op} | {direction} | " + " | ".join(cells) + " |")

@@ -67,7 +67,8 @@ TORCH_LIBRARY(pyops, m) {
         "Tensor? pos_weight, int reduction) -> Tensor");
   m.def("binary_cross_entropy_with_logits_backward(Tensor grad, Tensor input, Tensor target, "
         "Tensor? weight, Tensor? pos_weight, int reduction) -> Tensor");
-  m.def("binary_cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction) -> Tensor");
+  m.def(
+      "binary_cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction) -> Tensor");
   m.def("binary_cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
         "int reduction) -> Tensor");
   m.def("hinge_loss(Tensor input, Tensor target, float margin, int reduction) -> Tensor");

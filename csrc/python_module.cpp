@@ -177,7 +177,9 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "pyops compiled core", -1
 PyMODINIT_FUNC PyInit__C() {
   pyops::gil::hooks = {[] { return PyGILState_Check() != 0; },
                        []() -> void* { return PyEval_SaveThread(); },
-                       [](void* state) { PyEval_RestoreThread(static_cast<PyThreadState*>(state)); }};
+                       [](void* state) {
+                         PyEval_RestoreThread(static_cast<PyThreadState*>(state));
+                       }};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef WITH_CUDA

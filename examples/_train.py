@@ -6,9 +6,11 @@ import torch.nn.functional as TF
 import pyops.functional as PF
 
 TORCH_OPS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-             "cross_entropy": TF.cross_entropy, "bce_with_logits": TF.binary_cross_entropy_with_logits}
+             "cross_entropy": TF.cross_entropy,
+             "bce_with_logits": TF.binary_cross_entropy_with_logits}
 PYOPS_OPS = {"relu": PF.relu, "tanh": PF.tanh, "sigmoid": PF.sigmoid,
-             "cross_entropy": PF.cross_entropy, "bce_with_logits": PF.binary_cross_entropy_with_logits}
+             "cross_entropy": PF.cross_entropy,
+             "bce_with_logits": PF.binary_cross_entropy_with_logits}
 
 
 def standardized_split(data, target, seed=0, test_fraction=0.25):

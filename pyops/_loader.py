@@ -21,7 +21,8 @@ def _check_torch():
     running = torch.__version__.split("+")[0]
     problem = None
     if running != TORCH_VERSION.split("+")[0]:
-        problem = f"pyops was built for torch {TORCH_VERSION}, but torch {torch.__version__} is running"
+        problem = (f"pyops was built for torch {TORCH_VERSION}, but torch {torch.__version__} is "
+                   "running")
     elif TORCH_CUDA and torch.version.cuda is None:
         problem = (f"pyops was built with CUDA kernels for torch {TORCH_VERSION} (CUDA "
                    f"{TORCH_CUDA}), but the running torch {torch.__version__} has no CUDA")

@@ -358,8 +358,9 @@ def dtensor_cross_entropy(input, target, weight, reduction, ignore_index, label_
     mesh = input.device_mesh
     if mesh.ndim != 1 or input.placements != (Shard(class_dim),):
         raise NotImplementedError(
-            f"cross_entropy: a DTensor input must be sharded on its class dim, (Shard({class_dim}),)"
-            f" over a 1-D mesh; got {input.placements} over a {mesh.ndim}-D mesh")
+            "cross_entropy: a DTensor input must be sharded on its class dim, "
+            f"(Shard({class_dim}),) over a 1-D mesh; got {input.placements} over a {mesh.ndim}-D "
+            "mesh")
     classes, rank = input.shape[class_dim], mesh.get_local_rank()
     size = -(-classes // mesh.size())  # torch.chunk's slices, as Shard makes them
     start = min(rank * size, classes)

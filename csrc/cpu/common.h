@@ -232,8 +232,9 @@ inline void vec_map(const VecFn& vec_fn, scalar_t* out, int64_t n, const Inputs*
   auto padded = std::make_tuple(std::array<Inputs, kSize>{}...);
   std::apply([&](auto&... buf) { (std::copy_n(in + whole, tail, buf.data()), ...); }, padded);
   std::array<scalar_t, kSize> result;
-  std::apply([&](const auto&... buf) { vec_map_whole(vec_fn, result.data(), kSize, buf.data()...); },
-             padded);
+  std::apply(
+      [&](const auto&... buf) { vec_map_whole(vec_fn, result.data(), kSize, buf.data()...); },
+      padded);
   std::copy_n(result.data(), tail, out + whole);
 }
 

@@ -128,7 +128,8 @@ void ce_forward_row(const S* x, const S* q, int64_t p, int64_t target, const Los
                               C, a.weight, q, x);
     } else {
       wq_sum = row_map_sum<T>([&](V qv) { return qv * keep + spread; }, C, q);
-      wq_gap = row_map_sum<T>([&](V qv, V v) { return (qv * keep + spread) * (vmax - v); }, C, q, x);
+      wq_gap = row_map_sum<T>([&](V qv, V v) { return (qv * keep + spread) * (vmax - v); },
+                              C, q, x);
     }
     out.loss[p] = a.with_z(wq_gap + wq_sum * log_sum, out.lse[p]);
     return;
@@ -136,8 +137,9 @@ void ce_forward_row(const S* x, const S* q, int64_t p, int64_t target, const Los
   const int64_t t = checked_target(target, C);
   T smooth_term = 0;
   if (a.smoothing != T(0)) {  // sum_c w_c (max - x_c + log_sum)
-    const T gap = a.weight ? row_map_sum<T>([&](V w, V v) { return w * (vmax - v); }, C, a.weight, x)
-                           : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
+    const T gap = a.weight
+                      ? row_map_sum<T>([&](V w, V v) { return w * (vmax - v); }, C, a.weight, x)
+                      : row_map_sum<T>([&](V v) { return vmax - v; }, C, x);
     smooth_term = gap + a.weight_sum * log_sum;
   }
   store_class_loss(a, out, p, a.w(t) * ((max - static_cast<T>(x[t])) + log_sum), smooth_term,
@@ -425,7 +427,8 @@ struct CrossEntropyKernels {
     at::Tensor denominator = prep.soft ? soft_denominator(prep) : at::Tensor();
     if (!prep.soft) {
       AT_DISPATCH_FLOATING_TYPES(acc, "pyops::cross_entropy_backward", [&] {
-        denominator = target_weight_sum(prep.target, loss_args<scalar_t>(prep, plain(ignore_index)));
+        denominator =
+            target_weight_sum(prep.target, loss_args<scalar_t>(prep, plain(ignore_index)));
       });
     }
     return upstream_scale(grad, reduction, denominator, prep.shape.outer * prep.shape.inner, acc);
@@ -506,7 +509,8 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, int64_t reduction,
                     int64_t ignore_index) {
   check_reduction(reduction);
-  const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
+  const Prepared prep =
+      prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
   const auto& s = prep.shape;
   const int64_t positions = s.outer * s.inner;
   auto losses = new_output({positions}, input.options().dtype(acc_dtype(input.scalar_type())));

@@ -28,7 +28,8 @@ constexpr int64_t kSumBlock = 1024;
 
 // A row too long for one thread's share is split into chunks of at least this many blocks: as
 // ATen's grain for work with a transcendental per element, GRAIN_SIZE / 8 elements.
-constexpr int64_t kRowGrainBlocks = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * kSumBlock));
+constexpr int64_t kRowGrainBlocks =
+    std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * kSumBlock));
 
 // Whether the row helpers below split a row of n elements across threads: only where no
 // parallel region already spreads rows over the threads (a few long rows; see for_each_piece).
@@ -124,7 +125,9 @@ void map_span(const VecFn vec_fn, Out* const out, int64_t begin, int64_t end,
   if constexpr (!std::is_same_v<Out, T>) {
     // Half types a whole vector of them at a time: one load and one store per input and output
     // where single float vectors would need half-width ones.
-    for (; i + 2 * V::size() <= end; i += 2 * V::size()) map_half_vector(vec_fn, out + i, (in + i)...);
+    for (; i + 2 * V::size() <= end; i += 2 * V::size()) {
+      map_half_vector(vec_fn, out + i, (in + i)...);
+    }
   }
   for (; i + V::size() <= end; i += V::size()) {
     store_as(out + i, V::size(), vec_fn(load_as<T>(in + i, V::size())...));
@@ -139,7 +142,8 @@ void map_span(const VecFn vec_fn, Out* const out, int64_t begin, int64_t end,
 template <typename Out, typename VecFn, typename... Inputs>
 void row_map(const VecFn& vec_fn, Out* out, int64_t n, const Inputs*... in) {
   if (!split_row(n)) return map_span(vec_fn, out, 0, n, in...);
-  parallel_for(0, (n + kSumBlock - 1) / kSumBlock, kRowGrainBlocks, [&](int64_t first, int64_t last) {
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  parallel_for(0, blocks, kRowGrainBlocks, [&](int64_t first, int64_t last) {
     map_span(vec_fn, out, first * kSumBlock, std::min(n, last * kSumBlock), in...);
   });
 }
@@ -176,7 +180,8 @@ void for_each_row_block(int64_t rows, V* total, int64_t width, const RowFn& row_
     V partial[kVecs];
     for_each_column_vec<T>(width, [&](int64_t, int64_t k, int64_t) { partial[k] = V(0); });
     for (int64_t d = begin; d < std::min(rows, begin + kSumBlock); ++d) row_fn(d, partial);
-    for_each_column_vec<T>(width, [&](int64_t, int64_t k, int64_t) { total[k] = total[k] + partial[k]; });
+    for_each_column_vec<T>(width,
+                           [&](int64_t, int64_t k, int64_t) { total[k] = total[k] + partial[k]; });
   }
 }
 

@@ -69,7 +69,9 @@ void for_each_vector(const Operands<scalar_t>& ops, int64_t begin, int64_t end, 
       if (count > V::size()) fn(i + V::size(), count - V::size(), hi);
     } else {
       std::array<V, kOperands> v;
-      for (int k = 0; k < kOperands; ++k) v[k] = ops.ptr[k] ? load(ops.ptr[k] + i, count) : V(ops.fill[k]);
+      for (int k = 0; k < kOperands; ++k) {
+        v[k] = ops.ptr[k] ? load(ops.ptr[k] + i, count) : V(ops.fill[k]);
+      }
       fn(i, count, v);
     }
   }

@@ -76,12 +76,15 @@ struct ForwardOut {
 // logits and then multiplied by the cap's slope.
 // An ignored position gets 0 * softmax: zero, or NaN where its log-sum-exp is NaN, as torch.
 template <typename scalar_t, typename T, typename Walk>
-__device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q, int64_t target,
-                            T s, T lse, const ClassArgs<T>& a, scalar_t* gi, Shared<T>& shared) {
+__device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x, const scalar_t* q,
+                                            int64_t target, T s, T lse, const ClassArgs<T>& a,
+                                            scalar_t* gi, Shared<T>& shared) {
   const int64_t C = a.classes;
   if (q) {
     T wq = 0;
-    walk.read(q, C, [&](int64_t c, scalar_t v) { wq += a.w(c) * (static_cast<T>(v) * a.keep + a.eps_c); });
+    walk.read(q, C, [&](int64_t c, scalar_t v) {
+      wq += a.w(c) * (static_cast<T>(v) * a.keep + a.eps_c);
+    });
     wq = a.with_z_share(walk.sum(wq, shared), lse);
     walk.map(x, gi, C, [&](int64_t c, scalar_t v) {
       const T coef = a.w(c) * (static_cast<T>(q[walk.at(c)]) * a.keep + a.eps_c);
@@ -108,10 +111,10 @@ __device__ __forceinline__ void ce_gradient(const Walk& walk, const scalar_t* x,
 
 // The forward of one position; with `gi`, the gradient too (the fused path), scaled by `s`.
 template <typename scalar_t, typename T, typename Walk>
-__device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x, const scalar_t* q,
-                            const int64_t* targets, const ClassArgs<T>& a,
-                            const ForwardOut<T>& out, scalar_t* gi, Scale<T> scale,
-                            Shared<T>& shared) {
+__device__ __forceinline__ void ce_position(const Walk& walk, int64_t p, const scalar_t* x,
+                                            const scalar_t* q, const int64_t* targets,
+                                            const ClassArgs<T>& a, const ForwardOut<T>& out,
+                                            scalar_t* gi, Scale<T> scale, Shared<T>& shared) {
   const int64_t C = a.classes;
   const int64_t target = q ? 0 : targets[p];
   const bool ignored = !q && target == a.ignore_index;
@@ -218,11 +221,11 @@ __global__ void ce_columns_kernel(const scalar_t* __restrict__ x, const scalar_t
 }
 
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kStreamThreads) ce_backward_rows_kernel(const scalar_t* __restrict__ x,
-                                        const scalar_t* __restrict__ q,
-                                        const int64_t* __restrict__ targets, ClassArgs<T> a,
-                                        const T* __restrict__ lse, scalar_t* __restrict__ gi,
-                                        Scale<T> scale, int64_t positions, bool packed) {
+__global__ void __launch_bounds__(kStreamThreads)
+    ce_backward_rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q,
+                            const int64_t* __restrict__ targets, ClassArgs<T> a,
+                            const T* __restrict__ lse, scalar_t* __restrict__ gi, Scale<T> scale,
+                            int64_t positions, bool packed) {
   __shared__ Shared<T> shared;
   for (int64_t p = blockIdx.x; p < positions; p += gridDim.x) {
     ce_gradient(BlockWalk{p * a.classes, packed}, x, q, q ? 0 : targets[p], scale[p], lse[p], a,
@@ -643,7 +646,8 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
                     int64_t ignore_index) {
   check_reduction(reduction);
   const c10::cuda::CUDAGuard guard(input.device());
-  const Prepared prep = prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
+  const Prepared prep =
+      prepare_classes("pyops::nll_loss", input, target, weight, /*allow_soft=*/false);
   const int64_t positions = prep.shape.outer * prep.shape.inner;
   const auto values = position_values(positions, /*smooth=*/false, /*weight=*/true,
                                       input.options().dtype(acc_dtype(input.scalar_type())));

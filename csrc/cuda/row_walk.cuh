@@ -46,7 +46,9 @@ __device__ __forceinline__ void map_row_backwards(const scalar_t* row, scalar_t*
       const Pack<scalar_t> pack = reinterpret_cast<const Pack<scalar_t>*>(row)[p];
       Pack<scalar_t> result;
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, pack.v[j]));
+      for (int j = 0; j < kVec; ++j) {
+        result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, pack.v[j]));
+      }
       reinterpret_cast<Pack<scalar_t>*>(out)[p] = result;
     }
   }
@@ -147,7 +149,9 @@ struct CachedWalk {
       if (p < packs) {
         Pack<scalar_t> result;
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, cache[k].v[j]));
+        for (int j = 0; j < kVec; ++j) {
+          result.v[j] = static_cast<scalar_t>(fn(p * kVec + j, cache[k].v[j]));
+        }
         row[p] = result;
       }
     }

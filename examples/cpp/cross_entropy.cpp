@@ -47,7 +47,8 @@ int main() {
 
   std::cout << "pyops::cross_entropy  " << loss.item().toFloat() << "\n";
   std::cout << "aten reference        " << expected.item().toFloat() << "\n";
-  const bool ok = at::allclose(loss, expected, 1e-5, 1e-6) && at::allclose(grad, expected_grad, 1e-5, 1e-6);
+  const bool ok = at::allclose(loss, expected, 1e-5, 1e-6) &&
+                  at::allclose(grad, expected_grad, 1e-5, 1e-6);
   std::cout << (ok ? "loss and gradient match" : "MISMATCH") << std::endl;
   return ok ? 0 : 1;
 }
