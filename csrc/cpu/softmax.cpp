@@ -57,25 +57,28 @@ void log_softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
 // Columns are independent softmaxes along the rows; one vector register holds the running
 // max/sum of a column group.
 
-template <typename T>
-void softmax_tile(const T* x, T* y, int64_t rows, int64_t width, int64_t stride, bool log) {
+// x is read where it is, half types widened on load; y is float: the output itself, or for half
+// types a float stage, as the exps must not be rounded before they are scaled.
+template <typename S, typename T>
+void softmax_tile(const S* x, int64_t x_stride, T* y, int64_t y_stride, int64_t rows,
+                  int64_t width, bool log) {
   using V = Vectorized<T>;
   constexpr int64_t kVecs = tile_width<T>() / V::size() + 1;
   V max[kVecs], sum[kVecs];
   for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-    max[k] = load(x + j, c);
+    max[k] = load_as<T>(x + j, c);
     sum[k] = V(0);
   });
   for (int64_t d = 1; d < rows; ++d) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-      max[k] = at::vec::maximum(max[k], load(x + d * stride + j, c));
+      max[k] = at::vec::maximum(max[k], load_as<T>(x + d * x_stride + j, c));
     });
   }
   for_each_row_block(rows, sum, width, [&](int64_t d, V* partial) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-      const V e = exp_of(load(x + d * stride + j, c) - max[k]);
+      const V e = exp_of(load_as<T>(x + d * x_stride + j, c) - max[k]);
       partial[k] = partial[k] + e;
-      if (!log) e.store(y + d * stride + j, c);
+      if (!log) e.store(y + d * y_stride + j, c);
     });
   });
   for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
@@ -83,37 +86,41 @@ void softmax_tile(const T* x, T* y, int64_t rows, int64_t width, int64_t stride,
   });
   for (int64_t d = 0; d < rows; ++d) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-      T* p = y + d * stride + j;
-      const V v = log ? (load(x + d * stride + j, c) - max[k]) - sum[k] : load(p, c) * sum[k];
+      T* p = y + d * y_stride + j;
+      const V v = log ? (load_as<T>(x + d * x_stride + j, c) - max[k]) - sum[k]
+                      : load(p, c) * sum[k];
       v.store(p, c);
     });
   }
 }
 
-template <typename T>
-void softmax_backward_tile(const T* g, const T* y, T* out, int64_t rows, int64_t width,
+// Half types are widened on load and rounded on store, with no float copy: three staged
+// operands of a long tile would not fit in L2.
+template <typename S>
+void softmax_backward_tile(const S* g, const S* y, S* out, int64_t rows, int64_t width,
                            int64_t stride, bool log) {
+  using T = acc_t<S>;
   using V = Vectorized<T>;
   constexpr int64_t kVecs = tile_width<T>() / V::size() + 1;
   V acc[kVecs];
   for_each_column_vec<T>(width, [&](int64_t, int64_t k, int64_t) { acc[k] = V(0); });
   for_each_row_block(rows, acc, width, [&](int64_t d, V* partial) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
-      const V gv = load(g + d * stride + j, c);
-      partial[k] = partial[k] + (log ? gv : gv * load(y + d * stride + j, c));
+      const V gv = load_as<T>(g + d * stride + j, c);
+      partial[k] = partial[k] + (log ? gv : gv * load_as<T>(y + d * stride + j, c));
     });
   });
   for (int64_t d = 0; d < rows; ++d) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
       const int64_t at = d * stride + j;
-      const V gv = load(g + at, c), yv = load(y + at, c);
-      (log ? gv - exp_of(yv) * acc[k] : yv * (gv - acc[k])).store(out + at, c);
+      const V gv = load_as<T>(g + at, c), yv = load_as<T>(y + at, c);
+      store_as(out + at, c, log ? gv - exp_of(yv) * acc[k] : yv * (gv - acc[k]));
     });
   }
 }
 
 // The kernels of csrc/softmax.h: rows are read as they are, half types widened on the way;
-// column tiles go through a float stage.
+// column tiles are read in place too, the forward's output staged in float for half types.
 struct SoftmaxKernels {
   template <typename scalar_t>
   static void forward(const scalar_t* in, scalar_t* o, const Shape3& s, bool log) {
@@ -125,9 +132,8 @@ struct SoftmaxKernels {
         return;
       }
       thread_local Stage<scalar_t> stage;
-      const T* xs = stage.in(0, in, p);
       T* ys = stage.out(1, o, p);
-      softmax_tile(xs, ys, p.rows, p.width, stage.stride(p), log);
+      softmax_tile(in + p.offset, p.stride, ys, stage.stride(p), p.rows, p.width, log);
       stage.store(1, o, p);
     });
   }
@@ -142,12 +148,8 @@ struct SoftmaxKernels {
             : softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width);
         return;
       }
-      thread_local Stage<scalar_t> stage;
-      const T* gs = stage.in(0, gp, p);
-      const T* ys = stage.in(1, yp, p);
-      T* rs = stage.out(2, rp, p);
-      softmax_backward_tile(gs, ys, rs, p.rows, p.width, stage.stride(p), log);
-      stage.store(2, rp, p);
+      softmax_backward_tile(gp + p.offset, yp + p.offset, rp + p.offset, p.rows, p.width,
+                            p.stride, log);
     });
   }
 };
