@@ -365,7 +365,7 @@ inline MarginRows prepare_margin(const char* op, const at::Tensor& input,
                                  const std::optional<at::Tensor>& weight) {
   check_floating(op, input);
   TORCH_CHECK(p == 1 || p == 2, op, ": only p == 1 and p == 2 supported");
-  TORCH_CHECK(input.dim() <= 2 && (input.dim() < 2 || input.size(1) > 0), op,
+  TORCH_CHECK(input.dim() == 0 || (input.dim() <= 2 && input.size(-1) > 0), op,
               ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
               shape_str(input.sizes()));
   MarginRows m;

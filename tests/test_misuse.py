@@ -52,6 +52,8 @@ MISUSES = [
     ("bce size", ValueError, lambda: PF.binary_cross_entropy(_x(3), _x(3, 1))),
     ("bce with logits size", ValueError, lambda: PF.binary_cross_entropy_with_logits(_x(3), _x(3, 1))),
     ("multi_margin 3-d input", RuntimeError, lambda: PF.multi_margin_loss(_x(2, 3, 4), _t(0, 1))),
+    ("multi_margin empty vector", RuntimeError, lambda: PF.multi_margin_loss(_x(0), torch.tensor(0))),
+    ("multi_margin no classes", RuntimeError, lambda: PF.multi_margin_loss(_x(3, 0), _t(0, 0, 0))),
     ("multi_margin target size", RuntimeError, lambda: PF.multi_margin_loss(_x(4, 5), _t(0, 1, 2))),
     ("lse of the wrong size", RuntimeError, lambda: ops.cross_entropy_backward(torch.ones(()), _x(4, 5), _t(0, 1, 2, 3), None, 1, -100, 0.0, _x(3))),
     # out-of-range targets
