@@ -132,9 +132,9 @@ struct SoftmaxKernels {
         return;
       }
       thread_local Stage<scalar_t> stage;
-      T* ys = stage.out(1, o, p);
+      T* ys = stage.out(0, o, p);
       softmax_tile(in + p.offset, p.stride, ys, stage.stride(p), p.rows, p.width, log);
-      stage.store(1, o, p);
+      stage.store(0, o, p);
     });
   }
 
