@@ -75,10 +75,12 @@ def _compiled(fn):
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
-def _peers(cfg, torch_fn, pyops_fn, liger=None):
+def _peers(cfg, torch_fn, pyops_fn, liger=None, floor=None):
     """The implementations of a case. `liger` makes Liger Kernel's version (CUDA only); when it
-    cannot, the row says why instead of vanishing."""
+    cannot, the row says why instead of vanishing. `floor`: see _memory_floor."""
     fns = {"torch": torch_fn, "pyops": pyops_fn}
+    if floor is not None and cfg.device == "cpu":
+        fns["memory floor"] = floor
     if "torch.compile" in cfg.peers:
         fns["torch.compile"] = _compiled(torch_fn)
     if liger is not None and "liger" in cfg.peers:
@@ -131,6 +133,14 @@ def _backward_only(fn):
     return run
 
 
+def _memory_floor(direction):
+    """The row's bytes moved by one elementwise op into a fresh output: a clone of the input, and
+    for a backward, through autograd as the peers' are, the gradient of x * x.detach() (upstream
+    gradient times a saved tensor). Where memory bounds a case, nothing moves its bytes faster.
+    CPU only: there a fresh output costs page faults that '% copy' (into a kept buffer) omits."""
+    return torch.clone if direction == "fwd" else _backward_only(lambda x: x * x.detach())
+
+
 def _variant_label(kwargs):
     return " ".join(f"{k}={v}" for k, v in kwargs.items())
 
@@ -147,12 +157,14 @@ def activation_cases(cfg):
             params = _variant_label(kwargs)
             yield Case(op.name, "fwd", dtype, shape, params, 2 * nbytes,
                        lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
-                       lambda cfg, t=theirs, o=ours: _peers(cfg, t, o))
+                       lambda cfg, t=theirs, o=ours: _peers(cfg, t, o,
+                                                            floor=_memory_floor("fwd")))
             # the upstream gradient and the saved tensor read, the gradient written
             yield Case(op.name, "bwd", dtype, shape, params, 3 * nbytes,
                        lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg), _randn(s, d, cfg)),
                        lambda cfg, t=theirs, o=ours:
-                           _peers(cfg, _backward_only(t), _backward_only(o)))
+                           _peers(cfg, _backward_only(t), _backward_only(o),
+                                  floor=_memory_floor("bwd")))
 
 
 # ---- softmax, log_softmax ------------------------------------------------------------------
@@ -177,11 +189,13 @@ def softmax_cases(cfg):
             liger = _liger_softmax(dim) if op.name == "softmax" else None
             yield Case(op.name, "fwd", dtype, shape, f"dim={dim}", 2 * nbytes,
                        lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg),),
-                       lambda cfg, t=theirs, o=ours, lg=liger: _peers(cfg, t, o, lg))
+                       lambda cfg, t=theirs, o=ours, lg=liger:
+                           _peers(cfg, t, o, lg, _memory_floor("fwd")))
             yield Case(op.name, "bwd", dtype, shape, f"dim={dim}", 3 * nbytes,
                        lambda cfg, s=shape, d=dtype: (_randn(s, d, cfg), _randn(s, d, cfg)),
                        lambda cfg, t=theirs, o=ours:
-                           _peers(cfg, _backward_only(t), _backward_only(o)))
+                           _peers(cfg, _backward_only(t), _backward_only(o),
+                                  floor=_memory_floor("bwd")))
 
 
 # ---- losses: forward, and forward+backward ----------------------------------------------------

@@ -65,14 +65,14 @@ HEADER = ["op", "dir", "dtype", "shape", "setting", "impl", "median", "GB/s", "%
 
 
 def table_rows(records, notes=None):
-    """One row per implementation; the fastest of each case carries a '*'. Why an
-    implementation could not run is a numbered footnote appended to `notes` (the same reason,
-    the same number), not a wider column."""
+    """One row per implementation; the fastest of each case carries a '*' (floors, the bound an
+    implementation is measured against, do not compete). Why an implementation could not run is a
+    numbered footnote appended to `notes` (the same reason, the same number), not a wider column."""
     notes = [] if notes is None else notes
     rows = []
     for key, group in _rows_by_case(records).items():
         op, direction, dtype, shape, params, threads, huge = key
-        timed = [r for r in group if r["median_s"] is not None]
+        timed = [r for r in group if r["median_s"] is not None and not r["impl"].endswith("floor")]
         best = min(timed, key=lambda r: r["median_s"]) if timed else None
         for r in group:
             name = r["impl"] + (" *" if r is best and len(timed) > 1 else "")

@@ -28,7 +28,8 @@ def test_quick_run_writes_results(tmp_path):
     assert {"cpu", "threads", "torch", "pyops", "git_commit"} <= set(results["machine"])
     records = results["records"]
     assert {(r["op"], r["direction"], r["impl"]) for r in records} == {
-        (op, d, impl) for op in ("relu", "sigmoid") for d in ("fwd", "bwd") for impl in ("torch", "pyops")}
+        (op, d, impl) for op in ("relu", "sigmoid") for d in ("fwd", "bwd")
+        for impl in ("torch", "pyops", "memory floor")}
     for r in records:
         assert FIELDS <= set(r)
         assert r["shape"] == "2^16" and r["dtype"] == "float32"
@@ -124,6 +125,19 @@ def test_a_missing_peer_is_a_footnote():
     assert max(len(line) for line in table[:-1]) < 150  # the reason does not widen a column
     markdown = report.markdown_report({"machine": {}, "copy_gbps": 1.0, "records": records})
     assert f"[1] not run: {reason}" in markdown
+
+
+def test_a_floor_is_not_the_fastest_implementation():
+    from benchmarks import report
+
+    def record(impl, seconds):
+        return {"op": "relu", "direction": "fwd", "dtype": "float32", "shape": "2^24",
+                "params": "", "impl": impl, "threads": 1, "huge_pages": False, "bytes": 1,
+                "median_s": seconds, "iqr_s": 0.0, "gbps": 1.0, "pct_copy": 1.0,
+                "peak_extra_bytes": 0, "ratio_vs_torch": 1.0}
+    rows = report.table_rows([record("torch", 2e-3), record("pyops", 3e-3),
+                              record("memory floor", 1e-3)])
+    assert [row[5] for row in rows] == ["torch *", "pyops", "memory floor"]
 
 
 def test_distributed_case_reports_bytes_sent(tmp_path):
