@@ -92,25 +92,42 @@ T row_max(const S* x, int64_t n) {
   }, [](T a, T b) { return std::isnan(a) || a > b ? a : b; });
 }
 
+// Sum over i in [begin, begin + len) of vec_fn(in0[i], in1[i], ...): one block of row_map_sum.
+template <typename T, typename VecFn, typename... Inputs>
+T block_map_sum(const VecFn& vec_fn, int64_t begin, int64_t len, const Inputs*... in) {
+  using V = Vectorized<T>;
+  return reduce_span<T>(begin, len, T(0), [&](int64_t i, int64_t count) {
+    return vec_fn(load_as<T>(in + i, count)...);
+  }, [](V a, V b) { return a + b; });
+}
+
 // Sum over i < n of vec_fn(in0[i], in1[i], ...), taken in blocks.
 template <typename T, typename VecFn, typename... Inputs>
 T row_map_sum(const VecFn& vec_fn, int64_t n, const Inputs*... in) {
-  using V = Vectorized<T>;
   return blocked_reduce<T>(n, T(0), [&](int64_t begin, int64_t len) {
-    return reduce_span<T>(begin, len, T(0), [&](int64_t i, int64_t count) {
-      return vec_fn(load_as<T>(in + i, count)...);
-    }, [](V a, V b) { return a + b; });
+    return block_map_sum<T>(vec_fn, begin, len, in...);
   }, std::plus<T>());
 }
 
+// The terms of row_sum and row_dot, named so that a caller summing block by block
+// (block_map_sum) computes the same bits.
+struct Identity {
+  template <typename V>
+  V operator()(V v) const { return v; }
+};
+struct Product {
+  template <typename V>
+  V operator()(V a, V b) const { return a * b; }
+};
+
 template <typename S>
 acc_t<S> row_sum(const S* x, int64_t n) {
-  return row_map_sum<acc_t<S>>([](auto v) { return v; }, n, x);
+  return row_map_sum<acc_t<S>>(Identity(), n, x);
 }
 
 template <typename S>
 acc_t<S> row_dot(const S* a, const S* b, int64_t n) {
-  return row_map_sum<acc_t<S>>([](auto x, auto y) { return x * y; }, n, a, b);
+  return row_map_sum<acc_t<S>>(Product(), n, a, b);
 }
 
 // out[i] = vec_fn(in0[i], in1[i], ...) for i in [begin, end), in acc_t<Out>. Everything is
@@ -234,6 +251,16 @@ struct Stage {
   }
 };
 
+// Runs rows_fn(first, last) over ranges of the rows of `s` (inner == 1) in parallel; false, with
+// nothing run, where the rows are too few for every thread and each should be split across them.
+template <typename RowsFn>
+bool for_each_row_range(const Shape3& s, const RowsFn& rows_fn) {
+  if (split_row(s.dim) && s.outer < at::get_num_threads()) return false;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * s.dim));
+  parallel_for(0, s.outer, grain, rows_fn);
+  return true;
+}
+
 // Runs body(piece) over every piece of `s`, in parallel: whole rows when inner == 1, tiles of
 // up to tile_width<T>() columns otherwise. Rows too few for every thread run one after another,
 // each split across the threads by the row helpers above.
@@ -241,14 +268,11 @@ template <typename T, typename Body>
 void for_each_piece(const Shape3& s, const Body& body) {
   if (s.inner == 1) {
     const auto row = [&](int64_t r) { body(Piece{r * s.dim, 1, s.dim, s.dim}); };
-    if (split_row(s.dim) && s.outer < at::get_num_threads()) {
+    if (!for_each_row_range(s, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) row(r);
+        })) {
       for (int64_t r = 0; r < s.outer; ++r) row(r);
-      return;
     }
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (8 * s.dim));
-    parallel_for(0, s.outer, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) row(r);
-    });
     return;
   }
   // Too few tiles for every thread: tiles one vector wide. Columns are independent, so their

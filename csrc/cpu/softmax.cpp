@@ -37,20 +37,56 @@ void log_softmax_row(const S* x, S* y, int64_t n) {
   row_map([vmax, log_sum](V v) { return (v - vmax) - log_sum; }, y, n, x);
 }
 
-// grad_in = y * (g - sum(g * y))
-template <typename S>
-void softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
-  using V = Vectorized<acc_t<S>>;
-  const V dot(row_dot(g, y, n));
-  row_map([dot](V gv, V yv) { return yv * (gv - dot); }, out, n, g, y);
+// softmax: grad_in = y * (g - s), s = sum(g * y); log_softmax: grad_in = g - exp(y) * s,
+// s = sum(g). The row's sum, then the gradient from it.
+template <bool log, typename S>
+acc_t<S> backward_sum(const S* g, const S* y, int64_t n) {
+  if constexpr (log) return row_sum(g, n);
+  else return row_dot(g, y, n);
 }
 
-// grad_in = g - exp(y) * sum(g)
-template <typename S>
-void log_softmax_backward_row(const S* g, const S* y, S* out, int64_t n) {
+template <bool log, typename V>
+struct BackwardOf {
+  V s;
+  V operator()(V g, V y) const {
+    if constexpr (log) return g - exp_of(y) * s;
+    else return y * (g - s);
+  }
+};
+
+// One row, split across the threads where split_row says so.
+template <bool log, typename S>
+void backward_row(const S* g, const S* y, S* out, int64_t n) {
   using V = Vectorized<acc_t<S>>;
-  const V sum(row_sum(g, n));
-  row_map([sum](V gv, V yv) { return gv - exp_of(yv) * sum; }, out, n, g, y);
+  row_map(BackwardOf<log, V>{V(backward_sum<log>(g, y, n))}, out, n, g, y);
+}
+
+// Rows [first, last) of n elements, each row's sum taken block by block between the blocks of
+// the previous row's gradient: the next row streams in from memory while this one's gradient
+// streams out, where a sum pass then an output pass per row leave one direction idle. The blocks,
+// their order and the functions are backward_row's: the same bits.
+template <bool log, typename S>
+void backward_rows(const S* g, const S* y, S* out, int64_t first, int64_t last, int64_t n) {
+  using T = acc_t<S>;
+  using V = Vectorized<T>;
+  const auto block_sum = [&](int64_t r, int64_t begin, int64_t len) {
+    if constexpr (log) return block_map_sum<T>(Identity(), begin, len, g + r * n);
+    else return block_map_sum<T>(Product(), begin, len, g + r * n, y + r * n);
+  };
+  T sum(0);
+  for (int64_t b = 0; b < n; b += kSumBlock) {
+    sum = sum + block_sum(first, b, std::min(kSumBlock, n - b));
+  }
+  for (int64_t r = first; r < last; ++r) {
+    const BackwardOf<log, V> grad{V(sum)};
+    T next(0);
+    for (int64_t b = 0; b < n; b += kSumBlock) {
+      const int64_t end = std::min(n, b + kSumBlock);
+      if (r + 1 < last) next = next + block_sum(r + 1, b, end - b);
+      map_span(grad, out + r * n, b, end, g + r * n, y + r * n);
+    }
+    sum = next;
+  }
 }
 
 // ---- tile kernels: `rows` rows of `width` columns, row stride `stride` ---------------------
@@ -96,9 +132,8 @@ void softmax_tile(const S* x, int64_t x_stride, T* y, int64_t y_stride, int64_t 
 
 // Half types are widened on load and rounded on store, with no float copy: three staged
 // operands of a long tile would not fit in L2.
-template <typename S>
-void softmax_backward_tile(const S* g, const S* y, S* out, int64_t rows, int64_t width,
-                           int64_t stride, bool log) {
+template <bool log, typename S>
+void backward_tile(const S* g, const S* y, S* out, int64_t rows, int64_t width, int64_t stride) {
   using T = acc_t<S>;
   using V = Vectorized<T>;
   constexpr int64_t kVecs = tile_width<T>() / V::size() + 1;
@@ -107,14 +142,15 @@ void softmax_backward_tile(const S* g, const S* y, S* out, int64_t rows, int64_t
   for_each_row_block(rows, acc, width, [&](int64_t d, V* partial) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
       const V gv = load_as<T>(g + d * stride + j, c);
-      partial[k] = partial[k] + (log ? gv : gv * load_as<T>(y + d * stride + j, c));
+      if constexpr (log) partial[k] = partial[k] + gv;
+      else partial[k] = partial[k] + gv * load_as<T>(y + d * stride + j, c);
     });
   });
   for (int64_t d = 0; d < rows; ++d) {
     for_each_column_vec<T>(width, [&](int64_t j, int64_t k, int64_t c) {
       const int64_t at = d * stride + j;
-      const V gv = load_as<T>(g + at, c), yv = load_as<T>(y + at, c);
-      store_as(out + at, c, log ? gv - exp_of(yv) * acc[k] : yv * (gv - acc[k]));
+      store_as(out + at, c, BackwardOf<log, V>{acc[k]}(load_as<T>(g + at, c),
+                                                        load_as<T>(y + at, c)));
     });
   }
 }
@@ -141,15 +177,21 @@ struct SoftmaxKernels {
   template <typename scalar_t>
   static void backward(const scalar_t* gp, const scalar_t* yp, scalar_t* rp, const Shape3& s,
                        bool log) {
+    log ? backward<true>(gp, yp, rp, s) : backward<false>(gp, yp, rp, s);
+  }
+
+  template <bool log, typename scalar_t>
+  static void backward(const scalar_t* gp, const scalar_t* yp, scalar_t* rp, const Shape3& s) {
     using T = acc_t<scalar_t>;
+    if (s.inner == 1 && for_each_row_range(s, [&](int64_t first, int64_t last) {
+          backward_rows<log>(gp, yp, rp, first, last, s.dim);
+        })) {
+      return;
+    }
     for_each_piece<T>(s, [&](const Piece& p) {
-      if (s.inner == 1) {
-        log ? log_softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width)
-            : softmax_backward_row(gp + p.offset, yp + p.offset, rp + p.offset, p.width);
-        return;
-      }
-      softmax_backward_tile(gp + p.offset, yp + p.offset, rp + p.offset, p.rows, p.width,
-                            p.stride, log);
+      const int64_t at = p.offset;
+      if (s.inner == 1) return backward_row<log>(gp + at, yp + at, rp + at, p.width);
+      backward_tile<log>(gp + at, yp + at, rp + at, p.rows, p.width, p.stride);
     });
   }
 };
