@@ -73,10 +73,7 @@ void backward_rows(const S* g, const S* y, S* out, int64_t first, int64_t last, 
     if constexpr (log) return block_map_sum<T>(Identity(), begin, len, g + r * n);
     else return block_map_sum<T>(Product(), begin, len, g + r * n, y + r * n);
   };
-  T sum(0);
-  for (int64_t b = 0; b < n; b += kSumBlock) {
-    sum = sum + block_sum(first, b, std::min(kSumBlock, n - b));
-  }
+  T sum = backward_sum<log>(g + first * n, y + first * n, n);
   for (int64_t r = first; r < last; ++r) {
     const BackwardOf<log, V> grad{V(sum)};
     T next(0);
