@@ -9,7 +9,7 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
-from ._autograd import ACTIVATIONS, REDUCTION_NONE, check_class_target_batch
+from ._autograd import ACTIVATIONS, REDUCTION_NONE, REDUCTION_SUM, check_class_target_batch
 from ._ops import ops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
@@ -154,17 +154,20 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     ndim = input.dim()
     if ndim == 0:
         raise RuntimeError("cross_entropy: input must have at least one dim (the classes), got 0")
-    _check_weight(weight, "cross_entropy")
-    if target.dim() == ndim and input.shape == target.shape:  # probabilities, as torch decides
+    soft = target.dim() == ndim and input.shape == target.shape  # probabilities, as torch decides
+    plain = process_group is None and type(input) is torch.Tensor and not grad_in_forward
+    if not (soft and plain):  # torch differentiates its formula for probabilities in weight too
+        _check_weight(weight, "cross_entropy")
+    if soft:
         if not target.is_floating_point():
             raise RuntimeError("Expected floating point type for target with class "
                                f"probabilities, got {target.dtype}")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
-        if input.dtype != target.dtype:
-            # promote_types, not result_type: the same here (equal shapes), and compile traces it
-            dtype = torch.promote_types(input.dtype, target.dtype)
-            input, target = input.to(dtype), target.to(dtype)
+        # torch's formula, -(log_softmax(input) * target * weight), promotes all three
+        input, target, weight = _promoted(input, target, weight)
+        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            return _soft_cross_entropy(input, target, weight, reduction, label_smoothing, *extras)
     elif process_group is not None or type(input) is not torch.Tensor:
         check_class_target_batch(input.shape, target.shape)  # else the kernels check it
     if type(input) is not torch.Tensor and isinstance(input, _vocab_parallel.DTensor):
@@ -189,6 +192,25 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index,
                                   label_smoothing, *extras)
     return loss
+
+
+def _soft_cross_entropy(input, target, weight, reduction, label_smoothing, lse_square_scale,
+                        softcap):
+    """cross_entropy over probabilities as torch writes it, -(log_softmax(input) * target *
+    weight) summed over the classes, for a weight that needs its gradient (the fused kernels
+    give none). The extras as in the kernels: capped logits, z-loss at every position."""
+    class_dim = 0 if input.dim() == 1 else 1
+    classes = input.shape[class_dim]
+    logits = softcap * torch.tanh(input / softcap) if softcap else input
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / classes
+    shape = [classes if d == class_dim else 1 for d in range(input.dim())]
+    loss = -(log_softmax(logits, class_dim) * target * weight.reshape(shape)).sum(class_dim)
+    if lse_square_scale:
+        loss = loss + lse_square_scale * torch.logsumexp(logits, class_dim).square()
+    if reduction == REDUCTION_NONE:
+        return loss
+    return loss.sum() if reduction == REDUCTION_SUM else loss.sum() / loss.numel()
 
 
 def _linear_checks(input, linear_weight, linear_bias):
@@ -225,8 +247,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     gradient in the forward (that graph backpropagates once, and not with create_graph); 'none'
     recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype
     and the loss is float32, as torch's linear then cross_entropy. A multi-dimensional
-    linear_weight, and a probability target that requires grad, take torch's reference path
-    (linear, then pyops' cross_entropy): their logits are materialized.
+    linear_weight, and a probability target or its class weights requiring grad, take torch's
+    reference path (linear, then pyops' cross_entropy): their logits are materialized.
 
     process_group: the classes are sharded over the group's ranks as in cross_entropy:
     linear_weight and linear_bias are this rank's slice of the head, input the same on every
@@ -240,7 +262,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if soft and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
-    if extra or (soft and target.requires_grad and torch.is_grad_enabled()):
+    if extra or (soft and torch.is_grad_enabled() and (
+            target.requires_grad or (weight is not None and weight.requires_grad))):
         flat_bias = None if linear_bias is None else linear_bias.reshape(-1)
         logits = torch.nn.functional.linear(
             input, linear_weight.reshape(-1, input.shape[-1]), flat_bias).reshape(logits_shape)
@@ -261,8 +284,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         low = torch.get_autocast_dtype(input.device.type)
         input, linear_weight, linear_bias, weight = (
             None if t is None else t.to(low) for t in (input, linear_weight, linear_bias, weight))
-    if soft:
+    dtype = input.dtype
+    if soft:  # torch's loss over probabilities promotes the logits, target and weight
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (target, weight)
+                                                       if t is not None), dtype)
         target = target.to(input.dtype)
+        weight = None if weight is None else weight.to(input.dtype)
     chunk = getattr(options, "batch_chunk_size", None) or 0
     # autocast off inside: the kernels reached take what they are given
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
@@ -276,7 +303,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                                               chunk, *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
         loss = loss.squeeze(0)
-    return loss.float() if autocast else loss
+    return loss.float() if autocast else loss.to(dtype)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -323,8 +350,15 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if not input.is_floating_point():  # torch's kernel has no integer logits, whatever the target
         raise NotImplementedError(f"binary_cross_entropy_with_logits: expected floating-point "
                                   f"logits, got {input.dtype}")
+    if not target.is_floating_point():  # torch's loss is computed in place in target's dtype
+        raise RuntimeError(f"binary_cross_entropy_with_logits: expected a floating-point target, "
+                           f"got {target.dtype}")
+    dtype = target.dtype
+    if dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
+        dtype = torch.float32  # autocast casts the target to float32, for torch's loss and ours
     input, target, weight, pos_weight = _promoted(input, target, weight, pos_weight)
-    return ops().binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
+    loss = ops().binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
+    return loss if loss.dtype == dtype else loss.to(dtype)
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
@@ -335,8 +369,9 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
         raise ValueError(f"Using a target size ({target.size()}) that is different to the input "
                          f"size ({input.size()}) is deprecated. Please ensure they have the same "
                          "size.")
-    if weight is not None:
+    if weight is not None:  # any dtype: torch multiplies the loss by it in place
         weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
+        weight = weight if weight.dtype == input.dtype else weight.to(input.dtype)
     return ops().binary_cross_entropy(input, target, weight, reduction)
 
 

@@ -100,24 +100,26 @@ def test_nll_loss_matches_torch(device, dtype, shape, class_dim, reduction, weig
 @pytest.mark.parametrize("shape,class_dim", SHAPES[:6])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("weighted", [False, True, "with its gradient"])
 def test_probability_targets_match_torch(device, dtype, shape, class_dim, reduction, smoothing,
                                          weighted):
+    # torch differentiates its formula for probabilities in the class weights too
     x = make_tensor(shape, dtype, device, low=-6, high=6)
     q = torch.softmax(make_tensor(shape, torch.float64, device, seed=5), class_dim).to(dtype)
     w = weights(shape[class_dim], dtype, device) if weighted else None
-    kw = dict(weight=w, reduction=reduction, label_smoothing=smoothing)
-    results = []
-    for fn in (PF.cross_entropy, TF.cross_entropy):
-        a, b = x.clone().requires_grad_(), q.clone().requires_grad_()
-        loss = fn(a, b, **kw)
-        up = make_tensor(loss.shape, dtype, device, low=0.5, high=1.5, seed=1)
-        results.append((loss, *torch.autograd.grad(loss, (a, b), up)))
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+
+    def loss_and_grads(fn, cast=lambda t: t):
+        a, b = cast(x).requires_grad_(), cast(q).requires_grad_()
+        c = None if w is None else cast(w).requires_grad_(weighted == "with its gradient")
+        loss = fn(a, b, weight=c, **kw)
+        up = make_tensor(loss.shape, dtype, device, low=0.5, high=1.5, seed=1).to(loss.dtype)
+        wrt = (a, b, c) if c is not None and c.requires_grad else (a, b)
+        return (loss, *torch.autograd.grad(loss, wrt, up))
+
+    results = [loss_and_grads(fn, torch.clone) for fn in (PF.cross_entropy, TF.cross_entropy)]
     if dtype in HALF_DTYPES:
-        a, b = x.double().requires_grad_(), q.double().requires_grad_()
-        loss = TF.cross_entropy(a, b, **dict(kw, weight=None if w is None else w.double()))
-        up = make_tensor(loss.shape, dtype, device, low=0.5, high=1.5, seed=1).double()
-        reference = (loss, *torch.autograd.grad(loss, (a, b), up))
+        reference = loss_and_grads(TF.cross_entropy, torch.Tensor.double)
     else:
         reference = results[1]
     assert_results_match(results[0], results[1], reference, dtype)
@@ -232,6 +234,13 @@ def test_gradcheck_and_gradgradcheck_probability_targets(device, reduction, shap
 
     assert torch.autograd.gradcheck(fn, (x, q))
     assert torch.autograd.gradgradcheck(fn, (x, q))
+
+    def weighted(z, p, v):  # the class weights' gradient too, with the extras
+        return PF.cross_entropy(z, p, weight=v, reduction=reduction, label_smoothing=0.2,
+                                lse_square_scale=0.1, softcap=3.0)
+
+    assert torch.autograd.gradcheck(weighted, (x, q, w.requires_grad_()))
+    assert torch.autograd.gradgradcheck(weighted, (x, q, w))
 
 
 @device_params

@@ -93,6 +93,10 @@ def test_probability_target_gradient():
     (ours,) = torch.autograd.grad(fn(q), q)
     (theirs,) = torch.autograd.grad(TF.linear_cross_entropy(x, w, q, label_smoothing=0.2), q)
     torch.testing.assert_close(ours, theirs)
+    classes = torch.rand(5, dtype=torch.float64, requires_grad=True)  # torch differentiates those
+    ours, theirs = (torch.autograd.grad(f(x, w, q, weight=classes), (q, classes))
+                    for f in (PF.linear_cross_entropy, TF.linear_cross_entropy))
+    torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

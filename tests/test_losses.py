@@ -1,5 +1,7 @@
-"""mse_loss, binary_cross_entropy(_with_logits), hinge_loss, multi_margin_loss against torch."""
+"""mse_loss, binary_cross_entropy(_with_logits), hinge_loss, multi_margin_loss against torch; the
+result dtypes of the losses that take several floating-point tensors."""
 
+import itertools
 import warnings
 
 import pytest
@@ -225,6 +227,53 @@ def test_multi_margin_errors_like_torch(device):
         assert_raises_like_torch(exc, call, PF.multi_margin_loss, TF.multi_margin_loss)
 
 
+# ---- floating-point tensors of different dtypes in one call ---------------------------------------
+
+# name -> call(F, input, target, weight, reduction): the loss with tensors of three dtypes. torch's
+# result dtype is the promoted one, except for BCE (the input's: the weight multiplies the loss in
+# place) and BCE with logits (the target's: its loss is computed in place in the target).
+MIXED = {
+    "mse_loss": lambda F, x, y, w, r: F.mse_loss(x, y, weight=w.expand(x.shape), reduction=r),
+    "binary_cross_entropy": lambda F, x, y, w, r: F.binary_cross_entropy(
+        x.sigmoid(), y.detach(), w, reduction=r),
+    "binary_cross_entropy_with_logits": lambda F, x, y, w, r: F.binary_cross_entropy_with_logits(
+        x, y, w, pos_weight=w.flip(0), reduction=r),
+    "cross_entropy": lambda F, x, y, w, r: F.cross_entropy(x, y, w, reduction=r,
+                                                           label_smoothing=0.1),
+    "linear_cross_entropy": lambda F, x, y, w, r: F.linear_cross_entropy(
+        x, x.detach()[:, :3].T.contiguous(), y.detach()[:, :3], weight=w[:3], reduction=r),
+}
+
+
+@device_params
+@pytest.mark.parametrize("name", list(MIXED))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_mixed_dtypes_follow_torch(device, name, reduction):
+    for dtypes in itertools.product(FLOAT_DTYPES, repeat=3):
+        tensors = (make_tensor((4, 5), dtypes[0], device),
+                   make_tensor((4, 5), dtypes[1], device, low=0, high=1, seed=1),
+                   make_tensor((5,), dtypes[2], device, low=0.5, high=2, seed=2))
+
+        def run(F, cast=lambda t: t):
+            x, y, w = (cast(t).detach().requires_grad_(i < 2) for i, t in enumerate(tensors))
+            loss = MIXED[name](F, x, y, w, reduction)
+            grads = torch.autograd.grad(loss.sum(), (x, y), allow_unused=True)
+            return [loss, *(g for g in grads if g is not None)]
+
+        try:
+            theirs = run(TF)
+        except Exception as e:  # e.g. BCE's input and target of two dtypes
+            with pytest.raises(type(e)):
+                run(PF)
+            continue
+        ours, exact = run(PF), run(TF, lambda t: t.double())
+        assert len(ours) == len(theirs), dtypes
+        assert [o.dtype for o in ours] == [t.dtype for t in theirs], dtypes
+        least_precise = max(dtypes, key=lambda d: torch.finfo(d).eps)
+        assert_results_match(ours, theirs, [e.to(t.dtype) for e, t in zip(exact, theirs)],
+                             least_precise)
+
+
 # ---- errors of the elementwise losses -------------------------------------------------------------
 
 @device_params
@@ -240,6 +289,8 @@ def test_elementwise_errors_like_torch(device):
         (ValueError, lambda F: F.binary_cross_entropy(x, y.reshape(6, 1))),
         (RuntimeError, lambda F: F.binary_cross_entropy(x, y.double())),
         (ValueError, lambda F: F.binary_cross_entropy_with_logits(x, y.reshape(6, 1))),
+        (RuntimeError, lambda F: F.binary_cross_entropy_with_logits(x, (y > 0.5).long())),
+        (RuntimeError, lambda F: F.binary_cross_entropy_with_logits(x, y > 0.5)),
         (RuntimeError, lambda F: F.mse_loss(x, make_tensor((3,), torch.float32, device))),
         (ValueError, lambda F: F.mse_loss(x, y, reduction="avg")),
         (ValueError, lambda F: F.binary_cross_entropy_with_logits(x, y, reduction="bad")),
