@@ -36,8 +36,22 @@ def convert(model, inplace=False, report=False):
     return (model, replaced) if report else model
 
 
+def _or_torch(original, replacement):
+    """replacement, except for the calls pyops has no kernel for, which torch's original takes
+    (so that patched code runs as before): an out= tensor, a complex or non-tensor input."""
+    @functools.wraps(replacement)
+    def call(input, *args, out=None, **kwargs):
+        if out is not None:
+            return original(input, *args, out=out, **kwargs)
+        if not isinstance(input, torch.Tensor) or input.is_complex():
+            return original(input, *args, **kwargs)
+        return replacement(input, *args, **kwargs)
+    return call
+
+
 # (namespace, name, replacement) for every place patch() routes to pyops: the op table's.
-PATCHES = [(entry[0], entry[1], entry[2] if len(entry) > 2 else op.function)
+PATCHES = [(entry[0], entry[1], _or_torch(getattr(entry[0], entry[1]),
+                                          entry[2] if len(entry) > 2 else op.function))
            for op in OPS for entry in op.patches]
 
 

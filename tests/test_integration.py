@@ -72,15 +72,37 @@ def test_patch_routes_and_restores():
     f_originals = {name: getattr(TF, name) for name in originals}
     x = make_tensor((3, 4), torch.float32, "cpu")
     with pyops.patch():
-        assert torch.sigmoid is PF.sigmoid and TF.relu is PF.relu
+        assert torch.sigmoid.__wrapped__ is PF.sigmoid and TF.relu.__wrapped__ is PF.relu
         assert_close(torch.softmax(x, 1), originals["softmax"](x, 1))
         assert_close(torch.log_softmax(x, 0, dtype=torch.float64), originals["log_softmax"](x, 0, dtype=torch.float64))
         assert_close(TF.softmax(x, dim=1), f_originals["softmax"](x, dim=1))
         with pyops.patch():  # nested
-            assert torch.tanh is PF.tanh
-        assert torch.tanh is PF.tanh
+            assert torch.tanh.__wrapped__ is PF.tanh
+        assert torch.tanh.__wrapped__ is PF.tanh
     for name, fn in originals.items():
         assert getattr(torch, name) is fn and getattr(TF, name) is f_originals[name]
+
+
+def test_patch_leaves_to_torch_what_pyops_has_no_kernel_for():
+    # out= tensors, complex and non-tensor inputs: patched code runs (or fails) as before
+    x = make_tensor((3, 4), torch.float32, "cpu")
+    z = torch.complex(x, x.flip(0))
+    calls = [lambda: torch.sigmoid(x, out=torch.empty(3, 4)),
+             lambda: torch.softmax(x, 1, out=torch.empty(3, 4)),
+             lambda: torch.tanh(z), lambda: TF.sigmoid(z)]
+    bad = [lambda: torch.sigmoid(1.0), lambda: torch.relu(x, out=x), lambda: TF.relu(z)]
+    values = [call() for call in calls]
+    raised = []
+    for call in bad:
+        with pytest.raises(Exception) as theirs:
+            call()
+        raised.append(type(theirs.value))
+    with pyops.patch():
+        for call, value in zip(calls, values):
+            torch.testing.assert_close(call(), value)
+        for call, exc in zip(bad, raised):
+            with pytest.raises(exc):
+                call()
 
 
 FRESH_PATCH_AND_COMPILE = """
@@ -120,7 +142,7 @@ def test_patch_restores_after_an_exception_and_as_a_decorator():
 
     @pyops.patch()
     def inside():
-        assert torch.relu is PF.relu
+        assert torch.relu.__wrapped__ is PF.relu
         raise KeyError("boom")
 
     with pytest.raises(KeyError):
