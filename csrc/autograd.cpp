@@ -693,8 +693,9 @@ Tensor times_weight(const Tensor& values, const Tensor& w) {
   return w.defined() ? values * w : values;
 }
 
-// v over the element count of t, a number (a tensor of t's dtype would round or overflow it).
-Tensor per_element(const Tensor& v, const Tensor& t) { return v / static_cast<double>(t.numel()); }
+// v over the element count of t, a number (a tensor of t's dtype would round or overflow it);
+// symbolic where torch.compile traces with dynamic shapes.
+Tensor per_element(const Tensor& v, const Tensor& t) { return v / c10::Scalar(t.sym_numel()); }
 
 // Each loss: its operators, how many leading tensor arguments, its terms before reduction
 // (per element, or per row), the division 'mean' makes, and torch's own first-order formula for
@@ -767,17 +768,17 @@ struct MultiMarginSpec {
   static constexpr size_t kTensors = 2;  // input, target; then p, margin, weight, reduction
   static Tensor terms(const variable_list& t, const Boxed& rest) {
     const auto& input = t[0];
-    const auto x = input.reshape({-1, input.dim() ? input.size(-1) : 1});
+    const auto x = input.reshape_symint({-1, input.dim() ? input.sym_size(-1) : 1});
     const auto target = t[1].reshape({-1, 1});
     const auto z = rest[1].toDouble() - x.gather(1, target) + x;
     const auto h =
         at::where(z > 0, z, at::zeros_like(z)).pow(rest[0].toInt()).scatter(1, target, 0.0);
-    auto rows = h.sum(1) / static_cast<double>(x.size(1));
+    auto rows = h.sum(1) / c10::Scalar(x.sym_size(1));
     if (rest[2].isTensor()) rows = rows * rest[2].toTensor().index({target.reshape(-1)});
-    return rows.reshape(t[1].sizes());  // 'none' has the target's shape, as torch
+    return rows.reshape_symint(t[1].sym_sizes());  // 'none' has the target's shape, as torch
   }
   static Tensor mean_of(const Tensor& v, const variable_list& t) {
-    return v / static_cast<double>(t[0].dim() == 2 ? t[0].size(0) : 1);
+    return t[0].dim() == 2 ? v / c10::Scalar(t[0].sym_size(0)) : v;
   }
   static Tensor override_grad(size_t, const Tensor&, const variable_list&) { return Tensor(); }
 };
