@@ -3,7 +3,8 @@
 // buffer (ATen's matmul: oneDNN/MKL on CPU, cuBLAS on CUDA), the fused cross-entropy kernel turns
 // them into their gradient in place, and two more matmuls give the chunk's share of the input's,
 // weight's and bias' gradients. Host code only (ATen and pyops operators through the
-// dispatcher), the same for every backend.
+// dispatcher), the same for every backend. The loss of 'mean' and 'sum' comes out in float32 for
+// half types (torch's under autocast); pyops.functional rounds it to the input's dtype elsewhere.
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -234,9 +235,11 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
                label_smoothing, chunk_size};
   check(a);
   if (widen(input)) {
-    return linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
-                                wide(weight), reduction, ignore_index, label_smoothing,
-                                chunk_size, lse_square_scale, softcap).to(input.scalar_type());
+    const auto loss =
+        linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
+                             wide(weight), reduction, ignore_index, label_smoothing, chunk_size,
+                             lse_square_scale, softcap);
+    return reduction == kNone ? loss.to(input.scalar_type()) : loss;
   }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   if (reduction == kNone) {
@@ -253,7 +256,8 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
     total.add_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
                                    label_smoothing, lse_square_scale, softcap)));
   });
-  return (reduction == kMean ? total / mean_denominator(a) : total).to(input.scalar_type());
+  return (reduction == kMean ? total / mean_denominator(a) : total)
+      .to(acc_dtype(input.scalar_type()));
 }
 
 // The loss of 'mean' or 'sum' and its gradients for an upstream gradient of one: each chunk's
@@ -267,11 +271,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
                label_smoothing, chunk_size};
   check(a);
   if (widen(input)) {
-    return narrowed(linear_cross_entropy_grads(wide(input), wide(linear_weight), wide(linear_bias),
-                                               wide(target), wide(weight), reduction, ignore_index,
-                                               label_smoothing, chunk_size, mask,
-                                               lse_square_scale, softcap),
-                    input.scalar_type());
+    const auto [loss, gi, gw, gb] = linear_cross_entropy_grads(
+        wide(input), wide(linear_weight), wide(linear_bias), wide(target), wide(weight), reduction,
+        ignore_index, label_smoothing, chunk_size, mask, lse_square_scale, softcap);
+    const auto dtype = input.scalar_type();
+    return {loss, gi.to(dtype), gw.to(dtype), gb.to(dtype)};
   }
   TORCH_CHECK(reduction != kNone, kName,
               ": gradients in the forward need reduction 'mean' or 'sum'");
@@ -286,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   const auto denominator = reduction == kMean ? mean_denominator(a) : Tensor();
   auto [gi, gw, gb] = grads.finish(a, denominator);
   const auto loss = denominator.defined() ? total / denominator : total;
-  return {loss.to(input.scalar_type()), gi, gw, gb};
+  return {loss.to(acc_dtype(input.scalar_type())), gi, gw, gb};
 }
 
 // The gradients for any upstream gradient, recomputing the logits chunk by chunk.

@@ -107,10 +107,17 @@ def _(self, scale):
 
 # ---- linear_cross_entropy ---------------------------------------------------------------------
 
+def _summed_loss(input):
+    """linear_cross_entropy's 'mean' or 'sum': float32 for half types, as under autocast."""
+    return input.new_empty((), dtype=torch.promote_types(input.dtype, torch.float32))
+
+
 @register_fake("linear_cross_entropy")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, lse_square_scale=0.0, softcap=0.0):
-    return input.new_empty((input.shape[0],) if reduction == REDUCTION_NONE else ())
+    if reduction == REDUCTION_NONE:
+        return input.new_empty((input.shape[0],))
+    return _summed_loss(input)
 
 
 def _linear_grads(input, linear_weight, linear_bias, mask):
@@ -122,7 +129,7 @@ def _linear_grads(input, linear_weight, linear_bias, mask):
 @register_fake("linear_cross_entropy_grads")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, output_mask, lse_square_scale=0.0, softcap=0.0):
-    return (input.new_empty(()), *_linear_grads(input, linear_weight, linear_bias, output_mask))
+    return (_summed_loss(input), *_linear_grads(input, linear_weight, linear_bias, output_mask))
 
 
 @register_fake("linear_cross_entropy_backward")

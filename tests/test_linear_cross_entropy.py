@@ -204,6 +204,19 @@ def test_autocast_runs_the_matmul_low_and_the_loss_in_float32():
     assert abs(ours.double() - exact) <= abs(theirs.double() - exact) + 4 * eps * exact
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_autocast_loss_keeps_float32_precision(reduction):
+    # torch's loss under autocast is float32 from low-precision logits, not a rounded low value
+    # (a 'sum' near 1300 would be off by up to 4 in bfloat16)
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = PF.linear_cross_entropy(x, w, t, reduction=reduction)
+        theirs = TF.linear_cross_entropy(x, w, t, reduction=reduction)
+    assert abs(ours.item() - theirs.item()) <= 4e-4 * abs(theirs.item())
+    plain = PF.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, reduction=reduction)
+    assert plain.dtype == torch.bfloat16  # outside autocast, the input's dtype, as torch
+
+
 def test_export():
     x, w, b, t = _problem(6, 8, 10, torch.float32, "cpu", bias=True)
 

@@ -65,6 +65,19 @@ def test_loss_and_every_gradient_match_the_model(make):
 
 
 @MODELS
+def test_a_half_type_model_gets_its_float32_loss(make):
+    # transformers upcasts a bfloat16 model's logits: its loss is not rounded to bfloat16
+    torch.manual_seed(0)
+    theirs = make().eval().to(torch.bfloat16)
+    ours = apply(copy.deepcopy(theirs))
+    ids, labels = _batch()
+    with torch.no_grad():
+        out, ref = ours(input_ids=ids, labels=labels), theirs(input_ids=ids, labels=labels)
+    assert out.loss.dtype == ref.loss.dtype == torch.float32
+    assert abs(out.loss.item() - ref.loss.item()) < 1e-3
+
+
+@MODELS
 def test_logits_when_asked_and_without_labels(make):
     ours, theirs = _pair(make)
     ids, labels = _batch()

@@ -11,6 +11,7 @@ with `get_output_embeddings()` and a transformers-style forward works. Under FSD
 so its weight is gathered for it.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -34,10 +35,14 @@ def _causal_lm_loss(hidden, head, labels, shift_labels, num_items_in_batch, soft
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     reduction = "mean" if num_items_in_batch is None else "sum"
-    loss = F.linear_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]), head.weight,
-        shift_labels.reshape(-1).to(hidden.device), linear_bias=head.bias,
-        reduction=reduction, softcap=softcap).float()  # transformers' loss is float32
+    # transformers upcasts the logits of a half-type model and takes a float32 loss: what
+    # linear_cross_entropy gives under autocast (elsewhere it rounds the loss to the input's dtype)
+    low = hidden.dtype in (torch.float16, torch.bfloat16)
+    with torch.autocast(hidden.device.type, hidden.dtype) if low else contextlib.nullcontext():
+        loss = F.linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), head.weight,
+            shift_labels.reshape(-1).to(hidden.device), linear_bias=head.bias,
+            reduction=reduction, softcap=softcap).float()
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
