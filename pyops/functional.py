@@ -202,15 +202,17 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing, lse_s
     class_dim = 0 if input.dim() == 1 else 1
     classes = input.shape[class_dim]
     logits = softcap * torch.tanh(input / softcap) if softcap else input
-    if label_smoothing:
-        target = target * (1 - label_smoothing) + label_smoothing / classes
+    if label_smoothing:  # (no classes: no target values to smooth)
+        target = target * (1 - label_smoothing) + label_smoothing / max(classes, 1)
     shape = [classes if d == class_dim else 1 for d in range(input.dim())]
     loss = -(log_softmax(logits, class_dim) * target * weight.reshape(shape)).sum(class_dim)
     if lse_square_scale:
         loss = loss + lse_square_scale * torch.logsumexp(logits, class_dim).square()
     if reduction == REDUCTION_NONE:
         return loss
-    return loss.sum() if reduction == REDUCTION_SUM else loss.sum() / loss.numel()
+    if reduction == REDUCTION_SUM:
+        return loss.sum()
+    return loss.sum() / (loss.numel() if input.numel() else 0)  # NaN without logits, as torch
 
 
 def _linear_checks(input, linear_weight, linear_bias):

@@ -171,6 +171,21 @@ def test_empty_batch_like_torch(device):
 
 
 @device_params
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0,)])
+def test_empty_probabilities_with_a_weight_gradient_like_torch(device, shape):
+    class_dim = 0 if len(shape) == 1 else 1
+    for reduction in REDUCTIONS:
+        results = []
+        for fn in (PF.cross_entropy, TF.cross_entropy):
+            w = torch.ones(shape[class_dim], device=device, requires_grad=True)
+            loss = fn(torch.zeros(shape, device=device), torch.zeros(shape, device=device), w,
+                      reduction=reduction, label_smoothing=0.1)
+            results.append((loss, *torch.autograd.grad(loss.sum(), w)))
+        for ours, theirs in zip(*results):
+            torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+@device_params
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_extreme_logits(device, dtype):
     big = torch.finfo(dtype).max
