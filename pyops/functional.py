@@ -288,8 +288,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             None if t is None else t.to(low) for t in (input, linear_weight, linear_bias, weight))
     dtype = input.dtype
     if soft:  # torch's loss over probabilities promotes the logits, target and weight
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (target, weight)
-                                                       if t is not None), dtype)
+        dtype = _common_dtype(input, target, weight)
         target = target.to(input.dtype)
         weight = None if weight is None else weight.to(input.dtype)
     chunk = getattr(options, "batch_chunk_size", None) or 0
@@ -318,10 +317,15 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     return ops().nll_loss(input, target, weight, reduction, ignore_index)
 
 
+def _common_dtype(*tensors):
+    """The dtype torch promotes the tensors (None skipped) to."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    return dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
+
+
 def _promoted(*tensors):
     """Tensors (None kept) cast to their common floating dtype, as torch's elementwise losses do."""
-    dtypes = {t.dtype for t in tensors if t is not None}
-    dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
+    dtype = _common_dtype(*tensors)
     if not dtype.is_floating_point:
         raise NotImplementedError(f"expected floating-point inputs, got {dtype}")
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
@@ -373,7 +377,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                          "size.")
     if weight is not None:  # any dtype: torch multiplies the loss by it in place
         weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
-        weight = weight if weight.dtype == input.dtype else weight.to(input.dtype)
+        weight = weight.to(input.dtype)
     return ops().binary_cross_entropy(input, target, weight, reduction)
 
 
