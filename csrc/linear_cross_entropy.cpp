@@ -3,8 +3,8 @@
 // buffer (ATen's matmul: oneDNN/MKL on CPU, cuBLAS on CUDA), the fused cross-entropy kernel turns
 // them into their gradient in place, and two more matmuls give the chunk's share of the input's,
 // weight's and bias' gradients. Host code only (ATen and pyops operators through the
-// dispatcher), the same for every backend. The loss of 'mean' and 'sum' comes out in float32 for
-// half types (torch's under autocast); pyops.functional rounds it to the input's dtype elsewhere.
+// dispatcher), the same for every backend. The loss comes out in float32 for half types (torch's
+// under autocast); pyops.functional rounds it to the input's dtype elsewhere.
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -42,6 +42,14 @@ struct Args {
   int64_t rows() const { return input.size(0); }
   int64_t classes() const { return linear_weight.size(0); }
   bool soft() const { return target.is_floating_point(); }
+  // The class weights, and a chunk's target, in `dtype` (the kernels take the logits' dtype).
+  OptionalTensor weight_in(at::ScalarType dtype) const {
+    return weight && weight->defined() ? OptionalTensor(weight->to(dtype)) : weight;
+  }
+  Tensor target_rows(int64_t r, int64_t rows, at::ScalarType dtype) const {
+    const auto t = target.narrow(0, r, rows);
+    return soft() ? t.to(dtype) : t;
+  }
   const Tensor* bias() const {
     return linear_bias && linear_bias->defined() ? &*linear_bias : nullptr;
   }
@@ -70,10 +78,17 @@ void check(const Args& a) {
   TORCH_CHECK(a.input.scalar_type() == a.linear_weight.scalar_type() &&
                   (!a.bias() || a.bias()->scalar_type() == a.input.scalar_type()),
               kName, ": input, linear_weight and linear_bias must have one dtype");
-  TORCH_CHECK(!a.weight || !a.weight->defined() ||
-                  a.weight->scalar_type() == a.input.scalar_type(),
-              kName, ": expected weight of dtype ", a.input.scalar_type(), ", got ",
+  // Class weights and probabilities may also come in float32 for half types (autocast's), so
+  // that the losses of 'none', widened, use them as given.
+  const auto dtype = a.input.scalar_type();
+  const auto fits = [&](const Tensor& t) {
+    return t.scalar_type() == dtype || t.scalar_type() == acc_dtype(dtype);
+  };
+  TORCH_CHECK(!a.weight || !a.weight->defined() || fits(*a.weight), kName,
+              ": expected weight of dtype ", dtype, " (or float32 for half types), got ",
               a.weight->scalar_type());
+  TORCH_CHECK(!a.soft() || fits(a.target), kName, ": expected probabilities of dtype ", dtype,
+              " (or float32 for half types), got ", a.target.scalar_type());
   TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kName,
               ": expected linear_bias of shape [", num_str(a.classes()), "], got ",
               shape_str(a.bias()->sizes()));
@@ -126,17 +141,15 @@ void for_each_chunk(const Args& a, const Fn& fn) {
   }
 }
 
-Tensor target_rows(const Args& a, int64_t r, int64_t rows) { return a.target.narrow(0, r, rows); }
-
 // The 'mean' denominator, as cross_entropy's: the positions for probabilities, else the summed
 // weights of the targets not ignored. A tensor, so no host synchronisation.
-Tensor mean_denominator(const Args& a) {
+Tensor mean_denominator(const Args& a, const OptionalTensor& weight) {
   const auto opts = a.input.options().dtype(at::kDouble);
   if (a.soft()) return at::scalar_tensor(static_cast<double>(a.rows()), opts);
   const auto kept = a.target != a.ignore_index;
-  if (!a.weight || !a.weight->defined()) return kept.sum(at::kDouble);
+  if (!weight || !weight->defined()) return kept.sum(at::kDouble);
   const auto safe = at::where(kept, a.target, at::zeros({}, a.target.options()));
-  return at::where(kept, a.weight->to(at::kDouble).index_select(0, safe),
+  return at::where(kept, weight->to(at::kDouble).index_select(0, safe),
                    at::zeros({}, opts)).sum();
 }
 
@@ -235,29 +248,37 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
                label_smoothing, chunk_size};
   check(a);
   if (widen(input)) {
-    const auto loss =
-        linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
-                             wide(weight), reduction, ignore_index, label_smoothing, chunk_size,
-                             lse_square_scale, softcap);
-    return reduction == kNone ? loss.to(input.scalar_type()) : loss;
+    return linear_cross_entropy(wide(input), wide(linear_weight), wide(linear_bias), wide(target),
+                                wide(weight), reduction, ignore_index, label_smoothing,
+                                chunk_size, lse_square_scale, softcap);
   }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
+  const auto dtype = input.scalar_type(), acc = acc_dtype(dtype);
   if (reduction == kNone) {
-    auto losses = at::empty({a.rows()}, input.options());
+    // A half-type chunk's logits widened into a reused buffer, so that the losses are float32
+    // (the cross-entropy kernel writes its input's dtype).
+    const auto w = a.weight_in(acc);
+    auto losses = at::empty({a.rows()}, input.options().dtype(acc));
+    Tensor widened;
     for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight,
+      auto z = logits;
+      if (acc != dtype) {
+        if (!widened.defined()) widened = at::empty(logits.sizes(), logits.options().dtype(acc));
+        z = widened.narrow(0, 0, rows).copy_(logits);
+      }
+      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(z, a.target_rows(r, rows, acc), w,
                                                           kNone, ignore_index, label_smoothing,
                                                           lse_square_scale, softcap)));
     });
     return losses;
   }
+  const auto w = a.weight_in(dtype);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-    total.add_(std::get<0>(ce.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
+    total.add_(std::get<0>(ce.call(logits, a.target_rows(r, rows, dtype), w, kSum, ignore_index,
                                    label_smoothing, lse_square_scale, softcap)));
   });
-  return (reduction == kMean ? total / mean_denominator(a) : total)
-      .to(acc_dtype(input.scalar_type()));
+  return (reduction == kMean ? total / mean_denominator(a, w) : total).to(acc);
 }
 
 // The loss of 'mean' or 'sum' and its gradients for an upstream gradient of one: each chunk's
@@ -280,17 +301,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   TORCH_CHECK(reduction != kNone, kName,
               ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
+  const auto dtype = input.scalar_type();
+  const auto w = a.weight_in(dtype);
   Gradients grads(a, mask);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
-    total.add_(fused.call(logits, target_rows(a, r, rows), weight, kSum, ignore_index,
+    total.add_(fused.call(logits, a.target_rows(r, rows, dtype), w, kSum, ignore_index,
                           label_smoothing, logits, lse_square_scale, softcap));
     grads.add(a, r, rows, logits);
   });
-  const auto denominator = reduction == kMean ? mean_denominator(a) : Tensor();
+  const auto denominator = reduction == kMean ? mean_denominator(a, w) : Tensor();
   auto [gi, gw, gb] = grads.finish(a, denominator);
   const auto loss = denominator.defined() ? total / denominator : total;
-  return {loss.to(acc_dtype(input.scalar_type())), gi, gw, gb};
+  return {loss.to(acc_dtype(dtype)), gi, gw, gb};
 }
 
 // The gradients for any upstream gradient, recomputing the logits chunk by chunk.
@@ -312,17 +335,19 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
   check_upstream_grad(grad, reduction, a.rows());
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   const auto& backward = op<kCrossEntropyBackward, CrossEntropyBackwardSig>();
+  const auto dtype = input.scalar_type();
+  const auto w = a.weight_in(dtype);
   Gradients grads(a, mask);
   const auto up = reduction == kNone ? grad.reshape({-1}) : grad.reshape({});
   for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-    const auto t = target_rows(a, r, rows);
-    const auto lse = std::get<1>(ce.call(logits, t, weight, kNone, ignore_index, label_smoothing,
+    const auto t = a.target_rows(r, rows, dtype);
+    const auto lse = std::get<1>(ce.call(logits, t, w, kNone, ignore_index, label_smoothing,
                                          lse_square_scale, softcap));
     const auto g = reduction == kNone ? up.narrow(0, r, rows) : up.expand({rows});
-    grads.add(a, r, rows, backward.call(g, logits, t, weight, kNone, ignore_index,
-                                        label_smoothing, lse, lse_square_scale, softcap));
+    grads.add(a, r, rows, backward.call(g, logits, t, w, kNone, ignore_index, label_smoothing,
+                                        lse, lse_square_scale, softcap));
   });
-  return grads.finish(a, reduction == kMean ? mean_denominator(a) : Tensor());
+  return grads.finish(a, reduction == kMean ? mean_denominator(a, w) : Tensor());
 }
 
 }  // namespace

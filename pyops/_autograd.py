@@ -107,17 +107,15 @@ def _(self, scale):
 
 # ---- linear_cross_entropy ---------------------------------------------------------------------
 
-def _summed_loss(input):
-    """linear_cross_entropy's 'mean' or 'sum': float32 for half types, as under autocast."""
-    return input.new_empty((), dtype=torch.promote_types(input.dtype, torch.float32))
+def _head_loss(input, shape=()):
+    """linear_cross_entropy's loss: float32 for half types, as under autocast."""
+    return input.new_empty(shape, dtype=torch.promote_types(input.dtype, torch.float32))
 
 
 @register_fake("linear_cross_entropy")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, lse_square_scale=0.0, softcap=0.0):
-    if reduction == REDUCTION_NONE:
-        return input.new_empty((input.shape[0],))
-    return _summed_loss(input)
+    return _head_loss(input, (input.shape[0],) if reduction == REDUCTION_NONE else ())
 
 
 def _linear_grads(input, linear_weight, linear_bias, mask):
@@ -129,7 +127,7 @@ def _linear_grads(input, linear_weight, linear_bias, mask):
 @register_fake("linear_cross_entropy_grads")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, output_mask, lse_square_scale=0.0, softcap=0.0):
-    return (_summed_loss(input), *_linear_grads(input, linear_weight, linear_bias, output_mask))
+    return (_head_loss(input), *_linear_grads(input, linear_weight, linear_bias, output_mask))
 
 
 @register_fake("linear_cross_entropy_backward")

@@ -287,7 +287,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.divisor = mean_divisor(soft, input.shape[0], divisor)
         ctx.options, ctx.reduction, ctx.rows = options, reduction, rows
         ctx.save_for_backward(input, head, bias, target)
-        return reduced(loss, reduction, ctx.divisor).to(input.dtype)
+        return reduced(loss, reduction, ctx.divisor).to(_acc_dtype(input.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable

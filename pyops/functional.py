@@ -9,7 +9,8 @@ import torch
 from torch.nn import _reduction
 
 from . import _vocab_parallel
-from ._autograd import ACTIVATIONS, REDUCTION_NONE, REDUCTION_SUM, check_class_target_batch
+from ._autograd import (ACTIVATIONS, REDUCTION_NONE, REDUCTION_SUM, _acc_dtype,
+                        check_class_target_batch)
 from ._ops import ops
 
 __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", "cross_entropy",
@@ -248,7 +249,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     the logits of a chunk become their gradient in place, so 'mean' and 'sum' compute every
     gradient in the forward (that graph backpropagates once, and not with create_graph); 'none'
     recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype
-    and the loss is float32, as torch's linear then cross_entropy. A multi-dimensional
+    and the loss is float32 from float32 class weights and probabilities, as torch's linear then
+    cross_entropy ('mean' and 'sum' round them where the fused kernel is bfloat16's or
+    float16's). A multi-dimensional
     linear_weight, and a probability target or its class weights requiring grad, take torch's
     reference path (linear, then pyops' cross_entropy): their logits are materialized.
 
@@ -282,15 +285,23 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     elif not soft:
         check_class_target_batch(input.shape, target.shape)
     autocast = torch.is_autocast_enabled(input.device.type)
-    if autocast:  # linear's matmul in the autocast dtype, the loss in float32
-        low = torch.get_autocast_dtype(input.device.type)
-        input, linear_weight, linear_bias, weight = (
-            None if t is None else t.to(low) for t in (input, linear_weight, linear_bias, weight))
     dtype = input.dtype
+    if autocast:  # linear's matmul in the autocast dtype; the loss float32 from float32 weights
+        low = torch.get_autocast_dtype(input.device.type)  # and probabilities (float64 kept)
+        input, linear_weight, linear_bias = (
+            None if t is None else t.to(low) for t in (input, linear_weight, linear_bias))
+        weight, target = (t if t is None or not t.is_floating_point() or t.dtype == torch.float64
+                          else t.float() for t in (weight, target))
+        dtype = torch.float32
+    elif not soft and weight is not None and weight.dtype != dtype:
+        raise RuntimeError(f"linear_cross_entropy: expected weight of dtype {dtype}, got "
+                           f"{weight.dtype}")
     if soft:  # torch's loss over probabilities promotes the logits, target and weight
-        dtype = _common_dtype(input, target, weight)
-        target = target.to(input.dtype)
-        weight = None if weight is None else weight.to(input.dtype)
+        dtype = torch.promote_types(dtype, _common_dtype(target, weight))
+        # the kernels' dtype, or float32 for half types, kept where that is torch's
+        side = input.dtype if dtype == input.dtype else _acc_dtype(input.dtype)
+        target = target.to(side)
+        weight = None if weight is None else weight.to(side)
     chunk = getattr(options, "batch_chunk_size", None) or 0
     # autocast off inside: the kernels reached take what they are given
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
@@ -304,7 +315,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                                               chunk, *extras)
     if unbatched and reduction_enum == REDUCTION_NONE:
         loss = loss.squeeze(0)
-    return loss.float() if autocast else loss.to(dtype)
+    return loss.to(dtype)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -204,17 +204,36 @@ def test_autocast_runs_the_matmul_low_and_the_loss_in_float32():
     assert abs(ours.double() - exact) <= abs(theirs.double() - exact) + 4 * eps * exact
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_autocast_loss_keeps_float32_precision(reduction):
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_autocast_loss_keeps_float32_precision(reduction, soft):
     # torch's loss under autocast is float32 from low-precision logits, not a rounded low value
     # (a 'sum' near 1300 would be off by up to 4 in bfloat16)
     x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
+    if soft:
+        t = torch.randn(64, 1000).softmax(-1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = PF.linear_cross_entropy(x, w, t, reduction=reduction)
         theirs = TF.linear_cross_entropy(x, w, t, reduction=reduction)
-    assert abs(ours.item() - theirs.item()) <= 4e-4 * abs(theirs.item())
-    plain = PF.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, reduction=reduction)
-    assert plain.dtype == torch.bfloat16  # outside autocast, the input's dtype, as torch
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=4e-3 if reduction == "none" else 4e-4, atol=0)
+    assert (ours != ours.bfloat16().float()).any()  # not rounded on the way
+    x, w = x.bfloat16(), w.bfloat16()  # outside autocast, torch's dtype: bfloat16, or promoted
+    plain = PF.linear_cross_entropy(x, w, t, reduction=reduction)
+    assert plain.dtype == TF.linear_cross_entropy(x, w, t, reduction=reduction).dtype
+
+
+def test_autocast_keeps_float32_class_weights():
+    # autocast's cross_entropy takes float32 weights: 1 + 3/1024 is 1 in bfloat16. ('mean' and
+    # 'sum' round them where the fused kernel runs in bfloat16.)
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
+    weight = torch.full((1000,), 1 + 3 / 1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weighted = PF.linear_cross_entropy(x, w, t, weight=weight, reduction="none")
+        plain = PF.linear_cross_entropy(x, w, t, reduction="none")
+    torch.testing.assert_close(weighted, plain * weight[0], rtol=1e-6, atol=0)
+    with pytest.raises(RuntimeError, match="dtype"):  # outside autocast, torch's error
+        PF.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, weight=weight)
 
 
 def test_export():
