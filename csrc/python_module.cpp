@@ -35,9 +35,9 @@ constexpr char kActivations[] = PYOPS_ACTIVATIONS(PYOPS_ACTIVATION_NAME);
 
 // An operator's default overload called with positional tensors (torch.Tensor or Parameter),
 // ints, floats and bools: what torch.ops would do, without its generic argument parsing, which
-// costs more than a small kernel. Anything else (keywords, a subclass, a torch-function mode,
-// another Python type) goes to the OpOverload itself, so that semantics and errors stay
-// torch.ops'.
+// costs more than a small kernel. An argument torch.nn.functional would refuse raises its
+// TypeError; anything else (keywords, a subclass, a torch-function mode, another Python type)
+// goes to the OpOverload itself, so that semantics and errors stay torch.ops'.
 struct Direct {
   PyMethodDef method;
   std::string name;
@@ -90,6 +90,38 @@ bool to_ivalue(PyObject* obj, const c10::TypePtr& type, c10::IValue& out) {
   }
 }
 
+// Whether torch's argument parser refuses obj for an argument of `type` where the OpOverload
+// would raise a RuntimeError or take it (a bool or a dtype as an int). Tensor subclasses and
+// other objects with __torch_function__ are left to the OpOverload.
+bool refused(PyObject* obj, const c10::TypePtr& type) {
+  if (THPVariable_Check(obj) || PyObject_HasAttrString(obj, "__torch_function__")) return false;
+  switch (type->kind()) {
+    case c10::TypeKind::OptionalType:
+      return obj != Py_None && refused(obj, type->containedType(0));
+    case c10::TypeKind::TensorType:
+      return true;
+    case c10::TypeKind::IntType:
+      return PyBool_Check(obj) || !PyIndex_Check(obj);
+    case c10::TypeKind::FloatType:
+    case c10::TypeKind::BoolType:
+      return !PyNumber_Check(obj) || PyComplex_Check(obj);
+    default:
+      return false;
+  }
+}
+
+// torch.nn.functional's TypeError for a refused argument.
+PyObject* argument_error(const c10::FunctionSchema& schema, size_t i, PyObject* obj) {
+  const auto& argument = schema.arguments()[i];
+  auto type = argument.type();
+  if (type->kind() == c10::TypeKind::OptionalType) type = type->containedType(0);
+  const std::string op = schema.name().substr(schema.name().find("::") + 2);
+  const std::string name = argument.name() == "self" ? "input" : argument.name();
+  PyErr_Format(PyExc_TypeError, "%s(): argument '%s' (position %zu) must be %s, not %s",
+               op.c_str(), name.c_str(), i + 1, type->str().c_str(), Py_TYPE(obj)->tp_name);
+  return nullptr;
+}
+
 // Returns the GIL when the call ends, by return or exception.
 struct WithoutGil {
   PyThreadState* state = PyEval_SaveThread();
@@ -108,6 +140,9 @@ PyObject* call_direct(PyObject* self, PyObject* const* args, Py_ssize_t nargs, P
   for (size_t i = 0; plain && i < arguments.size(); ++i) {
     if (i < given) {
       plain = to_ivalue(args[i], arguments[i].type(), stack.emplace_back());
+      if (!plain && refused(args[i], arguments[i].type())) {
+        return argument_error(direct->op.schema(), i, args[i]);
+      }
     } else if (arguments[i].default_value()) {
       stack.push_back(*arguments[i].default_value());
     } else {

@@ -1,8 +1,8 @@
 """The pyops operators as the Python wrappers call them: torch.ops.pyops while torch.compile
 traces (dynamo knows OpOverloads, not our C functions), otherwise each default overload through
 pyops._C.direct, which gives torch.ops' results and errors without its generic argument parsing
-and passes anything it does not take (keywords, tensor subclasses, torch-function modes) to the
-OpOverload as it came."""
+(but torch.nn.functional's TypeError for an argument of the wrong type) and passes anything it
+does not take (keywords, tensor subclasses, torch-function modes) to the OpOverload as it came."""
 
 import torch
 

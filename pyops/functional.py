@@ -21,7 +21,8 @@ __all__ = ["sigmoid", "tanh", "relu", "silu", "gelu", "softmax", "log_softmax", 
 
 def _as_floating(input):
     # torch promotes integer and bool inputs of sigmoid/tanh to the default float dtype.
-    if input.is_floating_point():
+    # (Anything but a tensor goes to the operator, which raises torch's TypeError.)
+    if not isinstance(input, torch.Tensor) or input.is_floating_point():
         return input
     if input.is_complex():
         raise RuntimeError(f"pyops does not support complex inputs (got {input.dtype})")
@@ -62,6 +63,9 @@ def silu(input, inplace=False):
 def gelu(input, approximate="none"):
     """torch.nn.functional.gelu: x * Phi(x), or with approximate='tanh' torch's tanh formula."""
     if approximate not in ("none", "tanh"):
+        if not isinstance(approximate, str):
+            raise TypeError(f"gelu(): argument 'approximate' must be str, not "
+                            f"{type(approximate).__name__}")
         raise RuntimeError("approximate argument must be either none or tanh.")
     return _activation("gelu" if approximate == "none" else "gelu_tanh", input, False)
 
@@ -73,9 +77,14 @@ def _implicit_softmax_dim(name, ndim, stacklevel):
 
 
 def _softmax_input(name, input, dim, stacklevel, dtype):
+    if not isinstance(input, torch.Tensor):  # torch.nn.functional's calls input.<name>(dim)
+        raise AttributeError(f"'{type(input).__name__}' object has no attribute '{name}'")
     if dim is None:
         dim = _implicit_softmax_dim(name, input.dim(), stacklevel + 1)
     if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"{name}(): argument 'dtype' must be torch.dtype, not "
+                            f"{type(dtype).__name__}")
         input = input.to(dtype)
     return input, dim
 
@@ -100,6 +109,25 @@ def _reduction_enum(size_average, reduce, reduction):
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
     return _reduction.get_enum(reduction)
+
+
+def _check_tensors(name, input, target, weight=None, pos_weight=None):
+    """torch.nn.functional's TypeError where an argument that takes a tensor has something else
+    (weight and pos_weight may be None)."""
+    if (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)
+            and (weight is None or isinstance(weight, torch.Tensor))
+            and (pos_weight is None or isinstance(pos_weight, torch.Tensor))):
+        return
+    arguments = {"input": input, "target": target, "weight": weight, "pos_weight": pos_weight}
+    for position, (argument, value) in enumerate(arguments.items(), 1):
+        if not isinstance(value, torch.Tensor) and (position <= 2 or value is not None):
+            raise _not_a_tensor(name, argument, value, position)
+
+
+def _not_a_tensor(name, argument, value, position=None):
+    where = "" if position is None else f" (position {position})"
+    return TypeError(f"{name}(): argument '{argument}'{where} must be Tensor, not "
+                     f"{type(value).__name__}")
 
 
 def _check_weight(weight, name):
@@ -149,6 +177,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     backpropagated once, and not differentiated twice. overwrite_input=True also stores that
     gradient in input's memory instead of a new buffer (the logits are lost).
     """
+    _check_tensors("cross_entropy", input, target, weight)
     reduction = _reduction_enum(size_average, reduce, reduction)
     _check_label_smoothing(label_smoothing)
     extras = _extras(lse_square_scale, softcap)
@@ -278,6 +307,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                              process_group=process_group)
     _check_label_smoothing(label_smoothing)
     extras = _extras(lse_square_scale, softcap)
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise _not_a_tensor("linear_cross_entropy", "weight", weight)
     _check_weight(weight, "linear_cross_entropy")
     unbatched = input.dim() == 1
     if unbatched:
@@ -321,6 +352,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """torch.nn.functional.nll_loss: -weight[t] * input[t], input holding log-probabilities."""
+    _check_tensors("nll_loss", input, target, weight)
     reduction = _reduction_enum(size_average, reduce, reduction)
     if input.dim() == 0:
         raise ValueError("Expected 1 or more dimensions (got 0)")
@@ -364,6 +396,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if target.size() != input.size():
         raise ValueError(f"Target size ({target.size()}) must be the same as input size "
                          f"({input.size()})")
+    _check_tensors("binary_cross_entropy_with_logits", input, target, weight, pos_weight)
     if not input.is_floating_point():  # torch's kernel has no integer logits, whatever the target
         raise NotImplementedError(f"binary_cross_entropy_with_logits: expected floating-point "
                                   f"logits, got {input.dtype}")
@@ -411,8 +444,11 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     reduction = _reduction_enum(size_average, reduce, reduction)
     if p not in (1, 2):
         raise ValueError("only p == 1 and p == 2 supported")
+    if isinstance(margin, str):  # float() would parse it
+        raise TypeError(f"multi_margin_loss(): argument 'margin' (position 4) must be Number, "
+                        "not str")
     if weight is not None:
         if weight.dim() != 1:
             raise ValueError("weight must be one-dimensional")
         _check_weight(weight, "multi_margin_loss")
-    return ops().multi_margin_loss(input, target, p, float(margin), weight, reduction)
+    return ops().multi_margin_loss(input, target, int(p), float(margin), weight, reduction)

@@ -3,8 +3,14 @@ twin, gradcheck and gradgradcheck, opcheck of every pyops operator it reaches, t
 with fullgraph, compiled autograd, patch(), the module twin and convert(), integer inputs, and
 CUDA against CPU. A row added to the table is tested here without a line added."""
 
+import inspect
+import re
+import warnings
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as TF
 from torch.library import opcheck
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -217,19 +223,62 @@ def test_torch_function_modes_and_subclasses_see_the_operators(device, op):
 
 def test_direct_calls_fall_back_to_torch_ops():
     """What pyops._C.direct does not parse itself goes to the OpOverload: keywords, Python
-    types other than the schema's, ints beyond int64. Its errors are the OpOverload's."""
+    types other than the schema's, ints beyond int64, with the OpOverload's errors. An argument
+    torch.nn.functional refuses (a float, a bool or None for an int, anything but a tensor for a
+    tensor) raises its TypeError instead."""
     x = torch.randn(3, 4)
     direct, overload = ops().softmax, torch.ops.pyops.softmax.default
     assert direct is not overload and type(direct).__name__ == "builtin_function_or_method"
     torch.testing.assert_close(direct(x, dim=1), overload(x, 1))
-    torch.testing.assert_close(direct(x, True), overload(x, True))
-    for bad in [(x, 2**70), (x, 1.5), (x,), (x, 1, 2), (1.0, 1)]:
+    torch.testing.assert_close(direct(x, np.int64(1)), overload(x, 1))
+    for bad in [(x, 2**70), (x,), (x, 1, 2)]:
         with pytest.raises(Exception) as theirs:
             overload(*bad)
         with pytest.raises(type(theirs.value), match="softmax"):
             direct(*bad)
+    for bad, what in [((x, 1.5), "'dim' (position 2) must be int, not float"),
+                      ((x, True), "'dim' (position 2) must be int, not bool"),
+                      ((x, None), "'dim' (position 2) must be int, not NoneType"),
+                      ((1.0, 1), "'input' (position 1) must be Tensor, not float")]:
+        with pytest.raises(TypeError, match=re.escape(f"softmax(): argument {what}")):
+            direct(*bad)
     with pytest.raises(IndexError, match="out of bounds"):
         ops().cross_entropy(x, torch.tensor([0, 1, 9]), None, 1, -100, 0.0)
+
+
+_NOT_THE_TYPE = (None, 1.0, 2, True, "a", [1.0, 2.0], (0,), torch.float32)
+
+
+@rows
+def test_arguments_of_the_wrong_type_raise_torchs_error(op):
+    """Each argument of a sample call (positional, and the keywords torch's twin takes) replaced
+    by values of other Python types: pyops accepts what torch accepts, and raises the exception
+    type torch raises for the rest."""
+    if not hasattr(TF, op.name):
+        pytest.skip("torch has no twin to compare with")
+    args, kwargs = samples(op, torch.float32, "cpu")[-1]
+    try:
+        twin = inspect.signature(getattr(TF, op.name)).parameters
+    except ValueError:  # a builtin: the keywords its module twin passes
+        twin = op.module_args
+    names = [n for n in list(inspect.signature(op.function).parameters)[len(args):]
+             if n in twin and n not in kwargs]
+    calls = [([*args[:i], value, *args[i + 1:]], kwargs)
+             for i in range(len(args)) for value in _NOT_THE_TYPE]
+    calls += [(args, {**kwargs, name: value}) for name in names for value in _NOT_THE_TYPE]
+    compared = 0
+    for call_args, call_kwargs in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                op.torch_fn(*call_args, **call_kwargs)
+            except Exception as err:
+                with pytest.raises(type(err)):
+                    op.function(*call_args, **call_kwargs)
+                compared += 1
+                continue
+            op.function(*call_args, **call_kwargs)
+    assert compared >= len(args) * len(_NOT_THE_TYPE) // 2
 
 
 @device_params
