@@ -4,7 +4,8 @@
 // them into their gradient in place, and two more matmuls give the chunk's share of the input's,
 // weight's and bias' gradients. Host code only (ATen and pyops operators through the
 // dispatcher), the same for every backend. The loss comes out in float32 for half types (torch's
-// under autocast); pyops.functional rounds it to the input's dtype elsewhere.
+// under autocast; the cross-entropy kernels' 'sum' is float32 through the fused one only);
+// pyops.functional rounds it to the input's dtype elsewhere.
 #include "loss_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 
 namespace pyops {
 namespace {
@@ -212,7 +214,11 @@ struct Gradients {
 
 // Whether this CPU has instructions for matmuls in the half type `dtype`: without them oneDNN
 // emulates those matmuls, several times slower than float32's (10-60x here, by layout).
+// PYOPS_ASSUME_NATIVE_HALF_MATMUL=1 says yes anyway, so that the tests of a CPU without them
+// also run the half-type path that CUDA and such CPUs take.
 bool native_cpu_matmul(at::ScalarType dtype) {
+  static const bool assumed = std::getenv("PYOPS_ASSUME_NATIVE_HALF_MATMUL") != nullptr;
+  if (assumed) return true;
   static const auto caps = at::cpu::get_cpu_capabilities();
   const auto has = [](const char* name) {
     const auto it = caps.find(name);
@@ -272,11 +278,17 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
     });
     return losses;
   }
+  // Half types take the fused kernel, whose loss is float32 (the gradient it writes over the
+  // logits goes unused); cross_entropy's would be rounded to the half type.
+  const auto& fused = op<kGradInForward, GradInForwardSig>();
   const auto w = a.weight_in(dtype);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
-  for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-    total.add_(std::get<0>(ce.call(logits, a.target_rows(r, rows, dtype), w, kSum, ignore_index,
-                                   label_smoothing, lse_square_scale, softcap)));
+  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
+    const auto t = a.target_rows(r, rows, dtype);
+    total.add_(acc == dtype ? std::get<0>(ce.call(logits, t, w, kSum, ignore_index,
+                                                  label_smoothing, lse_square_scale, softcap))
+                            : fused.call(logits, t, w, kSum, ignore_index, label_smoothing,
+                                         logits, lse_square_scale, softcap));
   });
   return (reduction == kMean ? total / mean_denominator(a, w) : total).to(acc);
 }

@@ -196,15 +196,14 @@ inline at::Tensor soft_denominator(const Prepared& p) {
   return cpu_scalar(soft_denominator_value(p));
 }
 
-// The cross-entropy output from per-position losses and, with label smoothing on class targets,
-// the smoothing terms: (1 - eps) * nll + eps / C * smooth, each reduced on its own as torch does
-// (eps / C is inf, so the result NaN, when there are no classes). 'mean' divides the two sums by
-// their denominators, which differ only where a backend's torch kernels differ.
+// The cross-entropy output, in `dtype`, from per-position losses and, with label smoothing on
+// class targets, the smoothing terms: (1 - eps) * nll + eps / C * smooth, each reduced on its own
+// as torch does (eps / C is inf, so the result NaN, when there are no classes). 'mean' divides
+// the two sums by their denominators, which differ only where a backend's torch kernels differ.
 inline at::Tensor class_loss_output(const at::Tensor& losses, const at::Tensor& smooth,
                                     int64_t reduction, const at::Tensor& nll_denominator,
                                     const at::Tensor& smooth_denominator, const Prepared& p,
-                                    double label_smoothing) {
-  const auto dtype = p.input.scalar_type();
+                                    double label_smoothing, at::ScalarType dtype) {
   const auto& shape = p.position_shape;
   if (!smooth.defined()) return reduce_losses(losses, reduction, nll_denominator, shape, dtype);
   const double eps_c = label_smoothing / static_cast<double>(p.shape.dim);

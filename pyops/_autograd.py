@@ -92,12 +92,18 @@ def _(grad, input, target, weight, reduction, ignore_index, label_smoothing, lse
     return torch.empty_like(input)
 
 
+def _float32_loss(input, shape=()):
+    """The loss of linear_cross_entropy and of cross_entropy_grad_in_forward: float32 for half
+    types, as under autocast."""
+    return input.new_empty(shape, dtype=_acc_dtype(input.dtype))
+
+
 # ---- cross_entropy with the gradient computed in the forward ---------------------------------
 
 @register_fake("cross_entropy_grad_in_forward")
 def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_input,
       lse_square_scale=0.0, softcap=0.0):
-    return input.new_empty(())
+    return _float32_loss(input)
 
 
 @register_fake("scale_unless_one_")
@@ -107,15 +113,10 @@ def _(self, scale):
 
 # ---- linear_cross_entropy ---------------------------------------------------------------------
 
-def _head_loss(input, shape=()):
-    """linear_cross_entropy's loss: float32 for half types, as under autocast."""
-    return input.new_empty(shape, dtype=torch.promote_types(input.dtype, torch.float32))
-
-
 @register_fake("linear_cross_entropy")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, lse_square_scale=0.0, softcap=0.0):
-    return _head_loss(input, (input.shape[0],) if reduction == REDUCTION_NONE else ())
+    return _float32_loss(input, (input.shape[0],) if reduction == REDUCTION_NONE else ())
 
 
 def _linear_grads(input, linear_weight, linear_bias, mask):
@@ -127,7 +128,7 @@ def _linear_grads(input, linear_weight, linear_bias, mask):
 @register_fake("linear_cross_entropy_grads")
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
       chunk_size, output_mask, lse_square_scale=0.0, softcap=0.0):
-    return (_head_loss(input), *_linear_grads(input, linear_weight, linear_bias, output_mask))
+    return (_float32_loss(input), *_linear_grads(input, linear_weight, linear_bias, output_mask))
 
 
 @register_fake("linear_cross_entropy_backward")

@@ -217,8 +217,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise ValueError("cross_entropy: grad_in_forward=True gives the gradient of input "
                              "only; target and weight must not require grad")
         grad = input.detach() if overwrite_input else torch.empty_like(input)
-        return ops().cross_entropy_grad_in_forward(input, target, weight, reduction, ignore_index,
-                                                   label_smoothing, grad, *extras)
+        loss = ops().cross_entropy_grad_in_forward(input, target, weight, reduction,
+                                                   ignore_index, label_smoothing, grad, *extras)
+        # float32 for half types: torch's under autocast, else rounded as torch's
+        autocast = torch.is_autocast_enabled(input.device.type)
+        return loss if autocast or loss.dtype == input.dtype else loss.to(input.dtype)
     loss, _ = ops().cross_entropy(input, target, weight, reduction, ignore_index,
                                   label_smoothing, *extras)
     return loss

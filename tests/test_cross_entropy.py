@@ -382,6 +382,20 @@ def test_grad_in_forward_matches_two_pass(device, dtype, shape, class_dim, reduc
         assert_close(logits.detach(), leaf.grad, dtype)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_grad_in_forward_loss_under_autocast_is_float32(reduction):
+    # torch's loss of bfloat16 logits under autocast is float32, not a rounded bfloat16 value
+    x = make_tensor((64, 1000), torch.bfloat16, "cpu").requires_grad_()
+    t = torch.randint(0, 1000, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = PF.cross_entropy(x * 1, t, reduction=reduction, grad_in_forward=True)
+        theirs = TF.cross_entropy(x, t, reduction=reduction)
+    assert ours.dtype == theirs.dtype == torch.float32
+    assert abs(ours.item() - theirs.item()) <= 1e-6 * abs(theirs.item())
+    plain = PF.cross_entropy(x * 1, t, reduction=reduction, grad_in_forward=True)
+    assert plain.dtype == torch.bfloat16
+
+
 @device_params
 def test_grad_in_forward_is_one_shot_and_checked(device):
     x = make_tensor((4, 5), torch.float32, device).requires_grad_()

@@ -2,6 +2,11 @@
 F.linear_cross_entropy against torch's reference (linear, then cross_entropy) over the dtypes and
 chunkings, the module twin, what its autograd refuses, and torch's errors."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -247,3 +252,19 @@ def test_export():
     assert any("pyops.linear_cross_entropy" in str(n.target) for n in program.graph.nodes)
     torch.testing.assert_close(program.module()(x, w, b, t),
                                TF.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1))
+
+
+_ASSUMED = "PYOPS_ASSUME_NATIVE_HALF_MATMUL"
+
+
+@pytest.mark.skipif(_ASSUMED in os.environ, reason="this run takes that path already")
+def test_half_types_on_the_path_of_cpus_with_half_matmuls():
+    """A CPU without bfloat16/float16 matmul instructions computes half-type heads in float32.
+    This file and the half-type transformers models again, on the half-type path that CUDA and
+    the CPUs with those instructions take (here emulated: slow, but the shapes are small)."""
+    tests = pathlib.Path(__file__).parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         __file__, f"{tests / 'test_transformers.py'}::test_a_half_type_model_gets_its_float32_loss"],
+        env={**os.environ, _ASSUMED: "1"}, cwd=tests.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -343,10 +343,12 @@ const T* staged_logits(Stage<scalar_t>& stage, const scalar_t* x, const Piece& p
   return capped;
 }
 
-// The forward over every position. With `grad` (rows, laid out as the prepared input) each row's
-// gradient for an upstream gradient of one is also written, while the row is still in cache.
+// The forward over every position, the loss in `loss_dtype`. With `grad` (rows, laid out as the
+// prepared input) each row's gradient for an upstream gradient of one is also written, while the
+// row is still in cache.
 std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t reduction,
-                                              const ClassOptions& options, at::Tensor* grad) {
+                                              const ClassOptions& options, at::Tensor* grad,
+                                              at::ScalarType loss_dtype) {
   const at::Tensor& input = prep.input;
   const auto acc = acc_dtype(input.scalar_type());
   const auto& s = prep.shape;
@@ -403,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const Prepared& prep, int64_t redu
     }
   });
   return {class_loss_output(losses, smooth, reduction, denominator, denominator, prep,
-                            options.label_smoothing),
+                            options.label_smoothing, loss_dtype),
           lse};
 }
 
@@ -416,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
   check_reduction(reduction);
   const auto options = class_options(ignore_index, label_smoothing, lse_square_scale, softcap);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
-  return ce_forward(prep, reduction, options, nullptr);
+  return ce_forward(prep, reduction, options, nullptr, input.scalar_type());
 }
 
 // The kernels of cross_entropy_backward's host code (loss_inputs.h).
@@ -482,11 +484,12 @@ at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tens
   check_grad_in_forward(input, reduction, grad_input);
   const auto options = class_options(ignore_index, label_smoothing, lse_square_scale, softcap);
   const Prepared prep = prepare_classes(op, input, target, weight, /*allow_soft=*/true);
+  const auto acc = acc_dtype(input.scalar_type());
   if (prep.shape.inner == 1 && prep.input.is_same(input) &&
       grad_input.strides() == input.strides()) {
-    return std::get<0>(ce_forward(prep, reduction, options, &grad_input));
+    return std::get<0>(ce_forward(prep, reduction, options, &grad_input, acc));
   }
-  auto [loss, lse] = ce_forward(prep, reduction, options, nullptr);
+  auto [loss, lse] = ce_forward(prep, reduction, options, nullptr, acc);
   grad_input.copy_(::pyops::cross_entropy_backward<Backend, CrossEntropyKernels>(
       at::ones({}, loss.options()), input, target, weight, reduction, ignore_index,
       label_smoothing, lse, lse_square_scale, softcap));

@@ -354,17 +354,16 @@ PositionValues position_values(int64_t positions, bool smooth, bool weight,
   return v;
 }
 
-// The loss output: per position for 'none'; else one sum over the positions and one finishing
-// thread.
+// The loss output in `dtype`: per position for 'none'; else one sum over the positions and one
+// finishing thread.
 at::Tensor loss_output(const PositionValues& v, const Prepared& p, int64_t reduction,
-                       double label_smoothing) {
-  const auto dtype = p.input.scalar_type();
+                       double label_smoothing, at::ScalarType dtype) {
   if (reduction == kNone) {
     return class_loss_output(v.loss, v.smooth, reduction, at::Tensor(), at::Tensor(), p,
-                             label_smoothing);
+                             label_smoothing, dtype);
   }
   const auto sums = v.rows.sum(/*dim=*/1, /*keepdim=*/false, at::kDouble);
-  auto out = at::empty({}, p.input.options());
+  auto out = at::empty({}, p.input.options().dtype(dtype));
   const Finish f{v.smooth_row,
                  v.weight_row,
                  soft_denominator_value(p),
@@ -468,13 +467,14 @@ void launch_forward(const Prepared& p, const ClassArgs<T>& a, const ForwardOut<T
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The forward; with a defined `grad_out` (laid out like the prepared input), the gradient of the
-// reduced loss too, for an upstream gradient of one.
+// The forward, the loss in `loss_dtype`; with a defined `grad_out` (laid out like the prepared
+// input), the gradient of the reduced loss too, for an upstream gradient of one.
 std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& input,
                                               const at::Tensor& target,
                                               const std::optional<at::Tensor>& weight,
                                               int64_t reduction, const ClassOptions& options,
-                                              const at::Tensor& grad_out) {
+                                              const at::Tensor& grad_out,
+                                              at::ScalarType loss_dtype) {
   check_reduction(reduction);
   const int64_t ignore_index = options.ignore_index;
   const c10::cuda::CUDAGuard guard(input.device());
@@ -511,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor> ce_forward(const char* op, const at::Tensor& 
     lse.fill_(-std::numeric_limits<double>::infinity());
     if (grad_out.defined()) grad_out.zero_();
   }
-  return {loss_output(values, prep, reduction, options.label_smoothing), lse};
+  return {loss_output(values, prep, reduction, options.label_smoothing, loss_dtype), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const at::Tensor& target,
@@ -521,7 +521,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& input, const 
                                                  double softcap) {
   return ce_forward("pyops::cross_entropy", input, target, weight, reduction,
                     class_options(ignore_index, label_smoothing, lse_square_scale, softcap),
-                    at::Tensor());
+                    at::Tensor(), input.scalar_type());
 }
 
 // The kernels of cross_entropy_backward's host code (loss_inputs.h).
@@ -572,7 +572,8 @@ at::Tensor cross_entropy_grad_in_forward(const at::Tensor& input, const at::Tens
   auto buffer = direct ? grad_input : at::empty_like(walked);
   auto loss = std::get<0>(ce_forward(
       "pyops::cross_entropy_grad_in_forward", input, target, weight, reduction,
-      class_options(ignore_index, label_smoothing, lse_square_scale, softcap), buffer));
+      class_options(ignore_index, label_smoothing, lse_square_scale, softcap), buffer,
+      acc_dtype(input.scalar_type())));
   if (!direct) grad_input.copy_(buffer);
   return loss;
 }
