@@ -318,7 +318,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     elif not soft:
         check_class_target_batch(input.shape, target.shape)
-    autocast = torch.is_autocast_enabled(input.device.type)
+    # autocast casts no float64 tensor, for linear as for cross_entropy
+    autocast = torch.is_autocast_enabled(input.device.type) and input.dtype != torch.float64
     dtype = input.dtype
     if autocast:  # linear's matmul in the autocast dtype; the loss float32 from float32 weights
         low = torch.get_autocast_dtype(input.device.type)  # and probabilities (float64 kept)

@@ -228,6 +228,14 @@ def test_autocast_loss_keeps_float32_precision(reduction, soft):
     assert plain.dtype == TF.linear_cross_entropy(x, w, t, reduction=reduction).dtype
 
 
+def test_autocast_leaves_float64_alone():
+    x, w, _, t = _problem(8, 4, 10, torch.float64, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = PF.linear_cross_entropy(x, w, t)
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, TF.linear_cross_entropy(x, w, t), rtol=1e-12, atol=0)
+
+
 def test_autocast_keeps_float32_class_weights():
     # autocast's cross_entropy takes float32 weights: 1 + 3/1024 is 1 in bfloat16. ('mean' and
     # 'sum' round them where the fused kernel runs in bfloat16.)
