@@ -87,10 +87,11 @@ void check(const Args& a) {
     return t.scalar_type() == dtype || t.scalar_type() == acc_dtype(dtype);
   };
   TORCH_CHECK(!a.weight || !a.weight->defined() || fits(*a.weight), kName,
-              ": expected weight of dtype ", dtype, " (or float32 for half types), got ",
-              a.weight->scalar_type());
-  TORCH_CHECK(!a.soft() || fits(a.target), kName, ": expected probabilities of dtype ", dtype,
-              " (or float32 for half types), got ", a.target.scalar_type());
+              ": expected weight of dtype ", a.input.scalar_type(),
+              " (or float32 for half types), got ", a.weight->scalar_type());
+  TORCH_CHECK(!a.soft() || fits(a.target), kName, ": expected probabilities of dtype ",
+              a.input.scalar_type(), " (or float32 for half types), got ",
+              a.target.scalar_type());
   TORCH_CHECK(!a.bias() || (a.bias()->dim() == 1 && a.bias()->size(0) == a.classes()), kName,
               ": expected linear_bias of shape [", num_str(a.classes()), "], got ",
               shape_str(a.bias()->sizes()));
