@@ -657,7 +657,8 @@ at::Tensor nll_loss(const at::Tensor& input, const at::Tensor& target,
     launch_nll<scalar_t, T>(prep, ignore_index, values.loss.mutable_data_ptr<T>(),
                             values.weight.mutable_data_ptr<T>(), nullptr, {nullptr, 0});
   });
-  return loss_output(values, prep, reduction, /*label_smoothing=*/0.0);
+  return loss_output(values, prep, reduction, /*label_smoothing=*/0.0,
+                     input.scalar_type());
 }
 
 at::Tensor nll_loss_backward(const at::Tensor& grad, const at::Tensor& input,
