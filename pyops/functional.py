@@ -283,9 +283,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype
     and the loss is float32 from float32 class weights and probabilities, as torch's linear then
     cross_entropy ('mean' and 'sum' round them where the fused kernel is bfloat16's or
-    float16's). A multi-dimensional
-    linear_weight, and a probability target or its class weights requiring grad, take torch's
-    reference path (linear, then pyops' cross_entropy): their logits are materialized.
+    float16's). A multi-dimensional linear_weight, and a probability target or its class
+    weights requiring grad, take torch's reference path (linear, then pyops' cross_entropy):
+    their logits are materialized.
 
     process_group: the classes are sharded over the group's ranks as in cross_entropy:
     linear_weight and linear_bias are this rank's slice of the head, input the same on every
