@@ -44,6 +44,18 @@ struct Args {
   int64_t rows() const { return input.size(0); }
   int64_t classes() const { return linear_weight.size(0); }
   bool soft() const { return target.is_floating_point(); }
+  // Whether a half-type chunk's logits go to the cross-entropy kernels widened to float32: for
+  // float32 losses per position, and for float32 class weights or probabilities (autocast's),
+  // which the half type would round. The kernels take one dtype.
+  bool widened_chunks() const {
+    const auto dtype = input.scalar_type(), acc = acc_dtype(dtype);
+    return acc != dtype && (reduction == kNone || (soft() && target.scalar_type() == acc) ||
+                            (weight && weight->defined() && weight->scalar_type() == acc));
+  }
+  // The dtype the cross-entropy kernels see.
+  at::ScalarType kernel_dtype() const {
+    return widened_chunks() ? acc_dtype(input.scalar_type()) : input.scalar_type();
+  }
   // The class weights, and a chunk's target, in `dtype` (the kernels take the logits' dtype).
   OptionalTensor weight_in(at::ScalarType dtype) const {
     return weight && weight->defined() ? OptionalTensor(weight->to(dtype)) : weight;
@@ -61,7 +73,8 @@ struct Args {
     const int64_t product_bytes =
         product ? std::min(linear_weight.numel() * input.element_size(), kProductBytes) : 0;
     const int64_t budget = std::max(kChunkBytes / 4, kChunkBytes - product_bytes);
-    const int64_t fit = budget / std::max<int64_t>(1, classes() * input.element_size());
+    const int64_t row_bytes = classes() * (input.element_size() + (widened_chunks() ? 4 : 0));
+    const int64_t fit = budget / std::max<int64_t>(1, row_bytes);
     // Whole multiples of 64 rows: oneDNN's bfloat16 matmul of 851 rows took 1.3x that of 852.
     return fit >= 64 ? fit - fit % 64 : std::max<int64_t>(fit, 1);
   }
@@ -125,11 +138,16 @@ using CrossEntropyBackwardSig = Tensor(const Tensor&, const Tensor&, const Tenso
                                        const OptionalTensor&, int64_t, int64_t, double,
                                        const Tensor&, double, double);
 
-// Runs fn(first row, rows, logits of those rows) chunk by chunk; the logits live in one buffer.
+// Runs fn(first row, rows, logits of those rows, the same in the kernels' dtype) chunk by chunk;
+// the logits live in one buffer, their widened copy (where Args::widened_chunks) in another.
 template <typename Fn>
 void for_each_chunk(const Args& a, const Fn& fn) {
   const int64_t n = a.rows(), step = std::min(a.chunk(), std::max<int64_t>(n, 1));
   Tensor buffer = at::empty({step, a.classes()}, a.input.options());
+  const auto kernel_dtype = a.kernel_dtype();
+  const bool widens = kernel_dtype != buffer.scalar_type();
+  const Tensor widened = widens ? at::empty(buffer.sizes(), buffer.options().dtype(kernel_dtype))
+                                : Tensor();
   const auto w_t = a.linear_weight.t();
   for (int64_t r = 0; r < n; r += step) {
     const int64_t rows = std::min(step, n - r);
@@ -140,7 +158,7 @@ void for_each_chunk(const Args& a, const Fn& fn) {
     } else {
       at::mm_out(logits, x, w_t);
     }
-    fn(r, rows, logits);
+    fn(r, rows, logits, widens ? widened.narrow(0, 0, rows).copy_(logits) : logits);
   }
 }
 
@@ -260,36 +278,29 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
                                 chunk_size, lse_square_scale, softcap);
   }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
-  const auto dtype = input.scalar_type(), acc = acc_dtype(dtype);
+  const auto kernel_dtype = a.kernel_dtype(), acc = acc_dtype(input.scalar_type());
+  const auto w = a.weight_in(kernel_dtype);
   if (reduction == kNone) {
-    // A half-type chunk's logits widened into a reused buffer, so that the losses are float32
-    // (the cross-entropy kernel writes its input's dtype).
-    const auto w = a.weight_in(acc);
     auto losses = at::empty({a.rows()}, input.options().dtype(acc));
-    Tensor widened;
-    for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-      auto z = logits;
-      if (acc != dtype) {
-        if (!widened.defined()) widened = at::empty(logits.sizes(), logits.options().dtype(acc));
-        z = widened.narrow(0, 0, rows).copy_(logits);
-      }
-      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(z, a.target_rows(r, rows, acc), w,
-                                                          kNone, ignore_index, label_smoothing,
-                                                          lse_square_scale, softcap)));
+    for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor&, const Tensor& z) {
+      const auto t = a.target_rows(r, rows, kernel_dtype);
+      losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(z, t, w, kNone, ignore_index,
+                                                          label_smoothing, lse_square_scale,
+                                                          softcap)));
     });
     return losses;
   }
   // Half types take the fused kernel, whose loss is float32 (the gradient it writes over the
   // logits goes unused); cross_entropy's would be rounded to the half type.
   const auto& fused = op<kGradInForward, GradInForwardSig>();
-  const auto w = a.weight_in(dtype);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
-  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
-    const auto t = a.target_rows(r, rows, dtype);
-    total.add_(acc == dtype ? std::get<0>(ce.call(logits, t, w, kSum, ignore_index,
-                                                  label_smoothing, lse_square_scale, softcap))
-                            : fused.call(logits, t, w, kSum, ignore_index, label_smoothing,
-                                         logits, lse_square_scale, softcap));
+  for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor&, Tensor z) {
+    const auto t = a.target_rows(r, rows, kernel_dtype);
+    total.add_(acc == kernel_dtype
+                   ? std::get<0>(ce.call(z, t, w, kSum, ignore_index, label_smoothing,
+                                         lse_square_scale, softcap))
+                   : fused.call(z, t, w, kSum, ignore_index, label_smoothing, z,
+                                lse_square_scale, softcap));
   });
   return (reduction == kMean ? total / mean_denominator(a, w) : total).to(acc);
 }
@@ -314,14 +325,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   TORCH_CHECK(reduction != kNone, kName,
               ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
-  const auto dtype = input.scalar_type();
-  const auto w = a.weight_in(dtype);
+  const auto dtype = input.scalar_type(), kernel_dtype = a.kernel_dtype();
+  const auto w = a.weight_in(kernel_dtype);
   Gradients grads(a, mask);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
-  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor& logits) {
-    total.add_(fused.call(logits, a.target_rows(r, rows, dtype), w, kSum, ignore_index,
-                          label_smoothing, logits, lse_square_scale, softcap));
-    grads.add(a, r, rows, logits);
+  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor logits, Tensor z) {
+    total.add_(fused.call(z, a.target_rows(r, rows, kernel_dtype), w, kSum, ignore_index,
+                          label_smoothing, z, lse_square_scale, softcap));
+    grads.add(a, r, rows, z.scalar_type() == dtype ? z : logits.copy_(z));
   });
   const auto denominator = reduction == kMean ? mean_denominator(a, w) : Tensor();
   auto [gi, gw, gb] = grads.finish(a, denominator);
@@ -348,17 +359,19 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
   check_upstream_grad(grad, reduction, a.rows());
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   const auto& backward = op<kCrossEntropyBackward, CrossEntropyBackwardSig>();
-  const auto dtype = input.scalar_type();
-  const auto w = a.weight_in(dtype);
+  const auto dtype = input.scalar_type(), kernel_dtype = a.kernel_dtype();
+  const auto w = a.weight_in(kernel_dtype);
   Gradients grads(a, mask);
   const auto up = reduction == kNone ? grad.reshape({-1}) : grad.reshape({});
-  for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor& logits) {
-    const auto t = a.target_rows(r, rows, dtype);
-    const auto lse = std::get<1>(ce.call(logits, t, w, kNone, ignore_index, label_smoothing,
+  for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor logits, const Tensor& z) {
+    const auto t = a.target_rows(r, rows, kernel_dtype);
+    const auto lse = std::get<1>(ce.call(z, t, w, kNone, ignore_index, label_smoothing,
                                          lse_square_scale, softcap));
     const auto g = reduction == kNone ? up.narrow(0, r, rows) : up.expand({rows});
-    grads.add(a, r, rows, backward.call(g, logits, t, w, kNone, ignore_index, label_smoothing,
-                                        lse, lse_square_scale, softcap));
+    const auto grad_logits = backward.call(g, z, t, w, kNone, ignore_index, label_smoothing, lse,
+                                           lse_square_scale, softcap);
+    grads.add(a, r, rows, grad_logits.scalar_type() == dtype ? grad_logits
+                                                             : logits.copy_(grad_logits));
   });
   return grads.finish(a, reduction == kMean ? mean_denominator(a, w) : Tensor());
 }

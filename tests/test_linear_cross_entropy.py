@@ -237,8 +237,7 @@ def test_autocast_leaves_float64_alone():
 
 
 def test_autocast_keeps_float32_class_weights():
-    # autocast's cross_entropy takes float32 weights: 1 + 3/1024 is 1 in bfloat16. ('mean' and
-    # 'sum' round them where the fused kernel runs in bfloat16.)
+    # autocast's cross_entropy takes float32 weights: 1 + 3/1024 is 1 in bfloat16
     x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
     weight = torch.full((1000,), 1 + 3 / 1024)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -247,6 +246,26 @@ def test_autocast_keeps_float32_class_weights():
     torch.testing.assert_close(weighted, plain * weight[0], rtol=1e-6, atol=0)
     with pytest.raises(RuntimeError, match="dtype"):  # outside autocast, torch's error
         PF.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, weight=weight)
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
+def test_autocast_reductions_use_the_float32_weights_and_probabilities(soft):
+    # 'mean' and 'sum', and their gradients, from the weights and probabilities that 'none' uses
+    # (float32, as autocast's cross_entropy takes them), not from copies rounded to bfloat16
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu", soft=soft)
+    x.requires_grad_()
+    weight = 1 + torch.randint(1, 8, (1000,)) / 1024  # each one rounded away in bfloat16
+    per_position = torch.ones(64) if soft else torch.where(t >= 0, weight[t.clamp(min=0)], 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = {r: PF.linear_cross_entropy(x, w, t, weight=weight, reduction=r)
+                  for r in ("none", "mean", "sum")}
+    grads = {r: torch.autograd.grad(loss.sum(), x)[0] for r, loss in losses.items()}
+    total = losses["none"].sum()
+    torch.testing.assert_close(losses["sum"], total, rtol=1e-6, atol=0)
+    torch.testing.assert_close(losses["mean"], total / per_position.sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads["sum"], grads["none"], rtol=0, atol=0)
+    torch.testing.assert_close(grads["mean"] * per_position.sum(), grads["none"], rtol=1e-2,
+                               atol=1e-3 * grads["none"].abs().max())
 
 
 def test_export():
