@@ -317,6 +317,7 @@ def test_gradcheck_and_gradgradcheck(device, reduction):
     y = make_tensor((4, 5), torch.float64, device, low=0.05, high=0.95, seed=1).requires_grad_()
     w = make_tensor((4, 5), torch.float64, device, low=0.2, high=2, seed=3)
     pw = make_tensor((5,), torch.float64, device, low=0.2, high=3, seed=4)
+    wg, pwg = w.clone().requires_grad_(), pw.clone().requires_grad_()
     sign = torch.where(make_tensor((4, 5), torch.float64, device, seed=5) > 0, 1.0, -1.0)
     t = torch.randint(0, 5, (4,), device=device)
     x_hinge = (x.detach() + 0.05 * torch.sign(1 - sign * x.detach())).requires_grad_()  # off the kink
@@ -325,6 +326,10 @@ def test_gradcheck_and_gradgradcheck(device, reduction):
         (lambda a, b: PF.mse_loss(a, b, weight=w, reduction=reduction), (x, y)),
         (lambda a, b: PF.binary_cross_entropy_with_logits(a, b, weight=w, pos_weight=pw, reduction=reduction), (x, y)),
         (lambda a, b: PF.binary_cross_entropy(a, b, weight=w, reduction=reduction), (p, y)),
+        # gradients for weight and pos_weight too, which torch refuses
+        (lambda a, b, c, d: PF.binary_cross_entropy_with_logits(
+            a, b, weight=c, pos_weight=d, reduction=reduction), (x, y, wg, pwg)),
+        (lambda a, b, c: PF.binary_cross_entropy(a, b, weight=c, reduction=reduction), (p, y, wg)),
         (lambda a: PF.hinge_loss(a, sign, margin=1.0, reduction=reduction), (x_hinge,)),
         (lambda a: PF.multi_margin_loss(a, t, p=1, reduction=reduction), (x,)),
         (lambda a: PF.multi_margin_loss(a, t, p=2, margin=0.7, weight=pw, reduction=reduction), (x,)),
