@@ -100,11 +100,11 @@ bool refused(PyObject* obj, const c10::TypePtr& type) {
       return obj != Py_None && refused(obj, type->containedType(0));
     case c10::TypeKind::TensorType:
       return true;
-    case c10::TypeKind::IntType:
-      return PyBool_Check(obj) || !PyIndex_Check(obj);
+    case c10::TypeKind::IntType:  // (an array converts to a number, but torch takes none)
+      return PyBool_Check(obj) || !PyIndex_Check(obj) || PySequence_Check(obj);
     case c10::TypeKind::FloatType:
     case c10::TypeKind::BoolType:
-      return !PyNumber_Check(obj) || PyComplex_Check(obj);
+      return !PyNumber_Check(obj) || PyComplex_Check(obj) || PySequence_Check(obj);
     default:
       return false;
   }

@@ -62,10 +62,10 @@ def silu(input, inplace=False):
 
 def gelu(input, approximate="none"):
     """torch.nn.functional.gelu: x * Phi(x), or with approximate='tanh' torch's tanh formula."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not "
+                        f"{_type_name(approximate)}")
     if approximate not in ("none", "tanh"):
-        if not isinstance(approximate, str):
-            raise TypeError(f"gelu(): argument 'approximate' must be str, not "
-                            f"{type(approximate).__name__}")
         raise RuntimeError("approximate argument must be either none or tanh.")
     return _activation("gelu" if approximate == "none" else "gelu_tanh", input, False)
 
@@ -78,13 +78,13 @@ def _implicit_softmax_dim(name, ndim, stacklevel):
 
 def _softmax_input(name, input, dim, stacklevel, dtype):
     if not isinstance(input, torch.Tensor):  # torch.nn.functional's calls input.<name>(dim)
-        raise AttributeError(f"'{type(input).__name__}' object has no attribute '{name}'")
+        raise AttributeError(f"'{_type_name(input)}' object has no attribute '{name}'")
     if dim is None:
         dim = _implicit_softmax_dim(name, input.dim(), stacklevel + 1)
     if dtype is not None:
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"{name}(): argument 'dtype' must be torch.dtype, not "
-                            f"{type(dtype).__name__}")
+                            f"{_type_name(dtype)}")
         input = input.to(dtype)
     return input, dim
 
@@ -124,10 +124,19 @@ def _check_tensors(name, input, target, weight=None, pos_weight=None):
             raise _not_a_tensor(name, argument, value, position)
 
 
+def _type_name(value):
+    """The name of value's type as Python's and torch's messages write it (C's tp_name): the
+    bare name for classes defined in Python, the dotted one for C types (torch.dtype)."""
+    t = type(value)
+    if t.__flags__ & (1 << 9) or t.__module__ == "builtins":  # Py_TPFLAGS_HEAPTYPE
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def _not_a_tensor(name, argument, value, position=None):
     where = "" if position is None else f" (position {position})"
     return TypeError(f"{name}(): argument '{argument}'{where} must be Tensor, not "
-                     f"{type(value).__name__}")
+                     f"{_type_name(value)}")
 
 
 def _check_weight(weight, name):
@@ -282,8 +291,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     gradient in the forward (that graph backpropagates once, and not with create_graph); 'none'
     recomputes the logits in the backward. Under autocast the matmuls run in the autocast dtype
     and the loss is float32 from float32 class weights and probabilities, as torch's linear then
-    cross_entropy ('mean' and 'sum' round them where the fused kernel is bfloat16's or
-    float16's). A multi-dimensional linear_weight, and a probability target or its class
+    cross_entropy. A multi-dimensional linear_weight, and a probability target or its class
     weights requiring grad, take torch's reference path (linear, then pyops' cross_entropy):
     their logits are materialized.
 
@@ -296,6 +304,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     classes, extra = _linear_checks(input, linear_weight, linear_bias)
     logits_shape = (*input.shape[:-1], classes, *extra)
     soft = tuple(target.shape) == logits_shape
+    if not isinstance(target, torch.Tensor):
+        raise _not_a_tensor("linear_cross_entropy", "target", target, 3)
     if soft and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
@@ -424,7 +434,8 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                          f"size ({input.size()}) is deprecated. Please ensure they have the same "
                          "size.")
     if weight is not None:  # any dtype: torch multiplies the loss by it in place
-        weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
+        shape = torch.broadcast_shapes(target.size(), weight.size())  # (torch's errors first)
+        weight = weight.expand(shape)
         weight = weight.to(input.dtype)
     return ops().binary_cross_entropy(input, target, weight, reduction)
 
