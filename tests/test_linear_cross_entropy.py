@@ -209,15 +209,16 @@ def test_autocast_runs_the_matmul_low_and_the_loss_in_float32():
     assert abs(ours.double() - exact) <= abs(theirs.double() - exact) + 4 * eps * exact
 
 
+@device_params
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_autocast_loss_keeps_float32_precision(reduction, soft):
+def test_autocast_loss_keeps_float32_precision(device, reduction, soft):
     # torch's loss under autocast is float32 from low-precision logits, not a rounded low value
     # (a 'sum' near 1300 would be off by up to 4 in bfloat16)
-    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, device)
     if soft:
-        t = torch.randn(64, 1000).softmax(-1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = torch.randn(64, 1000).softmax(-1).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         ours = PF.linear_cross_entropy(x, w, t, reduction=reduction)
         theirs = TF.linear_cross_entropy(x, w, t, reduction=reduction)
     assert ours.dtype == theirs.dtype == torch.float32
@@ -236,11 +237,12 @@ def test_autocast_leaves_float64_alone():
     torch.testing.assert_close(ours, TF.linear_cross_entropy(x, w, t), rtol=1e-12, atol=0)
 
 
-def test_autocast_keeps_float32_class_weights():
+@device_params
+def test_autocast_keeps_float32_class_weights(device):
     # autocast's cross_entropy takes float32 weights: 1 + 3/1024 is 1 in bfloat16
-    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu")
-    weight = torch.full((1000,), 1 + 3 / 1024)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, device)
+    weight = torch.full((1000,), 1 + 3 / 1024, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         weighted = PF.linear_cross_entropy(x, w, t, weight=weight, reduction="none")
         plain = PF.linear_cross_entropy(x, w, t, reduction="none")
     torch.testing.assert_close(weighted, plain * weight[0], rtol=1e-6, atol=0)
@@ -248,22 +250,24 @@ def test_autocast_keeps_float32_class_weights():
         PF.linear_cross_entropy(x.bfloat16(), w.bfloat16(), t, weight=weight)
 
 
+@device_params
 @pytest.mark.parametrize("soft", [False, True], ids=["indices", "probabilities"])
-def test_autocast_reductions_use_the_float32_weights_and_probabilities(soft):
+def test_autocast_reductions_use_the_float32_weights_and_probabilities(device, soft):
     # 'mean' and 'sum', and their gradients, from the weights and probabilities that 'none' uses
     # (float32, as autocast's cross_entropy takes them), not from copies rounded to bfloat16
-    x, w, _, t = _problem(64, 32, 1000, torch.float32, "cpu", soft=soft)
+    x, w, _, t = _problem(64, 32, 1000, torch.float32, device, soft=soft)
     x.requires_grad_()
-    weight = 1 + torch.randint(1, 8, (1000,)) / 1024  # each one rounded away in bfloat16
-    per_position = torch.ones(64) if soft else torch.where(t >= 0, weight[t.clamp(min=0)], 0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    weight = (1 + torch.randint(1, 8, (1000,)) / 1024).to(device)  # each rounded away in bfloat16
+    per_position = (torch.ones(64, device=device) if soft
+                    else torch.where(t >= 0, weight[t.clamp(min=0)], 0))
+    with torch.autocast(device, dtype=torch.bfloat16):
         losses = {r: PF.linear_cross_entropy(x, w, t, weight=weight, reduction=r)
                   for r in ("none", "mean", "sum")}
     grads = {r: torch.autograd.grad(loss.sum(), x)[0] for r, loss in losses.items()}
     total = losses["none"].sum()
     torch.testing.assert_close(losses["sum"], total, rtol=1e-6, atol=0)
     torch.testing.assert_close(losses["mean"], total / per_position.sum(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(grads["sum"], grads["none"], rtol=0, atol=0)
+    torch.testing.assert_close(grads["sum"], grads["none"])
     torch.testing.assert_close(grads["mean"] * per_position.sum(), grads["none"], rtol=1e-2,
                                atol=1e-3 * grads["none"].abs().max())
 
