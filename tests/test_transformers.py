@@ -49,6 +49,15 @@ def _batch(batch=2, length=24, seed=1):
     return ids, labels
 
 
+def _assert_same_loss_and_gradients(ours, out, theirs, ref):
+    torch.testing.assert_close(out.loss, ref.loss)
+    out.loss.backward()
+    ref.loss.backward()
+    ref_grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @MODELS
 def test_loss_and_every_gradient_match_the_model(make):
     ours, theirs = _pair(make)
@@ -56,12 +65,7 @@ def test_loss_and_every_gradient_match_the_model(make):
     out = ours(input_ids=ids, labels=labels)
     ref = theirs(input_ids=ids, labels=labels)
     assert out.logits is None
-    torch.testing.assert_close(out.loss, ref.loss)
-    out.loss.backward()
-    ref.loss.backward()
-    ref_grads = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_gradients(ours, out, theirs, ref)
 
 
 @MODELS
@@ -139,8 +143,34 @@ def test_a_training_step_peaks_lower():
     assert peaks["pyops"] + logits < peaks["transformers"], peaks
 
 
-def test_refuses_a_model_whose_logits_are_not_the_head():
+def test_a_mixture_of_experts_keeps_its_router_loss():
+    # with output_router_logits, the model's loss of labels adds coef * its router's aux_loss
+    torch.manual_seed(0)
+    theirs = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+        output_router_logits=True, router_aux_loss_coef=0.5)).eval()
+    ours = apply(copy.deepcopy(theirs))
+    ids, labels = _batch()
+    out, ref = ours(input_ids=ids, labels=labels), theirs(input_ids=ids, labels=labels)
+    assert ref.aux_loss > 0.1 * ref.loss
+    _assert_same_loss_and_gradients(ours, out, theirs, ref)
+
+
+@pytest.mark.parametrize("name", ["logit_scale", "logits_scaling", "lm_head_multiplier"])
+def test_refuses_a_model_whose_logits_are_not_the_head(name):
+    # Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's lm_head_multiplier
     model = _llama()
-    model.config.logit_scale = 0.5
-    with pytest.raises(NotImplementedError, match="logit_scale"):
+    setattr(model.config, name, 0.5)
+    with pytest.raises(NotImplementedError, match=name):
+        apply(model)
+
+
+def test_refuses_a_softcap_only_the_text_config_sets():
+    # Gemma 3's multimodal model takes no softcap from its text config; others with one might
+    model = _llama()
+    text = copy.deepcopy(model.config)
+    text.final_logit_softcapping = 30.0
+    model.config.get_text_config = lambda *args, **kwargs: text
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
         apply(model)

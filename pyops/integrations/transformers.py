@@ -22,10 +22,40 @@ from ..nn import through_head
 
 IGNORE_INDEX = -100  # transformers' label for positions without a loss
 
-# Config attributes that change the logits after the output embedding in ways the loss does not
-# follow: the head alone is not the model's logits there. final_logit_softcapping (Gemma 2) is
-# the loss's softcap.
-_LOGIT_TRANSFORMS = ("logit_scale", "output_multiplier")
+# Config attributes that scale the logits after the output embedding, each model in its own way
+# (Granite divides by logits_scaling, HyperCLOVAX multiplies; MPT's logit_scale goes unused): the
+# head alone is not the model's logits there. final_logit_softcapping (Gemma 2) is the loss's
+# softcap, where the model's own config sets it.
+_LOGIT_TRANSFORMS = ("logit_scale", "output_multiplier", "logits_scaling", "lm_head_multiplier")
+
+
+def _check_logits_are_the_head(config):
+    """Refuses a model whose config says its logits are more than its head's output, or whose
+    text config (a multimodal model's) sets a softcap that some such models apply and some not."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for where, c in (("config", config), ("config's text config", text)):
+        for name in _LOGIT_TRANSFORMS:
+            if getattr(c, name, None) not in (None, 1, 1.0):
+                raise NotImplementedError(f"pyops.integrations.transformers.apply: the model's "
+                                          f"{where} sets {name}, which changes its logits after "
+                                          "the head")
+    if text is not config and getattr(text, "final_logit_softcapping", None) and not getattr(
+            config, "final_logit_softcapping", None):
+        raise NotImplementedError("pyops.integrations.transformers.apply: the model's text config "
+                                  "sets final_logit_softcapping, and whether the model caps its "
+                                  "logits with it is not known from its config")
+
+
+def _aux_loss_coef(model):
+    """What a mixture-of-experts model multiplies its router's auxiliary loss by before adding it
+    to the loss of labels (router_aux_loss_coef; JetMoE's aux_loss_coef), or None."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for owner, name in ((model, "router_aux_loss_coef"), (model, "aux_loss_coef"),
+                        (config, "router_aux_loss_coef"), (text, "router_aux_loss_coef")):
+        if getattr(owner, name, None) is not None:
+            return getattr(owner, name)
+    return None
 
 
 def _causal_lm_loss(hidden, head, labels, shift_labels, num_items_in_batch, softcap):
@@ -61,10 +91,7 @@ def apply(model):
         raise TypeError("pyops.integrations.transformers.apply: the model's output embedding must "
                         f"be a torch.nn.Linear, got {type(head).__name__}")
     config = getattr(model, "config", None)
-    for name in _LOGIT_TRANSFORMS:
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"pyops.integrations.transformers.apply: the model sets "
-                                      f"config.{name}, which changes its logits after the head")
+    _check_logits_are_the_head(config)
     softcap = getattr(config, "final_logit_softcapping", None) or None
     convert(model, inplace=True)
     original = model.forward
@@ -91,6 +118,13 @@ def apply(model):
             loss = through_head(head, functools.partial(
                 _causal_lm_loss, head=head, labels=labels, shift_labels=shift_labels,
                 num_items_in_batch=num_items_in_batch, softcap=softcap), hidden[-1])
+            aux_loss = out.get("aux_loss")
+            if aux_loss is not None:  # the model adds it to the loss of labels, which it had not
+                coef = _aux_loss_coef(model)
+                if coef is None:
+                    raise NotImplementedError("pyops.integrations.transformers.apply: the model "
+                                              "returns an aux_loss without a known coefficient")
+                loss = loss + coef * aux_loss.to(loss.device)
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
         return type(out)(loss=loss, logits=out.logits if return_logits else None, **fields)
 
