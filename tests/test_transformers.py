@@ -143,6 +143,17 @@ def test_a_training_step_peaks_lower():
     assert peaks["pyops"] + logits < peaks["transformers"], peaks
 
 
+def test_return_dict_false_gives_a_tuple():
+    ours, theirs = _pair(_llama)
+    ids, labels = _batch()
+    out = ours(input_ids=ids, labels=labels, return_dict=False)
+    ref = theirs(input_ids=ids, labels=labels, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[0], ref[0])
+    logits = ours(input_ids=ids, labels=labels, return_dict=False, return_logits=True)[1]
+    torch.testing.assert_close(logits, ref[1])
+
+
 def test_a_mixture_of_experts_keeps_its_router_loss():
     # with output_router_logits, the model's loss of labels adds coef * its router's aux_loss
     torch.manual_seed(0)

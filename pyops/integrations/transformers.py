@@ -110,9 +110,13 @@ def apply(model):
                     return torch.nn.Linear.forward(head, h)
                 return h.new_empty((*h.shape[:-1], 0))  # what the model's own loss never sees
 
+            # the outputs by name (a tuple's positions differ by model), a tuple at the end if asked
+            return_dict = kwargs.pop("return_dict", None)
+            if return_dict is None:
+                return_dict = getattr(config, "return_dict", True)
             head.forward = keep_hidden
             try:
-                out = original(*args, **kwargs)
+                out = original(*args, return_dict=True, **kwargs)
             finally:
                 del head.forward
             loss = through_head(head, functools.partial(
@@ -126,7 +130,8 @@ def apply(model):
                                               "returns an aux_loss without a known coefficient")
                 loss = loss + coef * aux_loss.to(loss.device)
         fields = {k: v for k, v in out.items() if k not in ("loss", "logits")}
-        return type(out)(loss=loss, logits=out.logits if return_logits else None, **fields)
+        result = type(out)(loss=loss, logits=out.logits if return_logits else None, **fields)
+        return result if return_dict else result.to_tuple()
 
     model.forward = forward
     return model
