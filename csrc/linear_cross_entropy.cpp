@@ -56,13 +56,13 @@ struct Args {
   at::ScalarType kernel_dtype() const {
     return widened_chunks() ? acc_dtype(input.scalar_type()) : input.scalar_type();
   }
-  // The class weights, and a chunk's target, in `dtype` (the kernels take the logits' dtype).
-  OptionalTensor weight_in(at::ScalarType dtype) const {
-    return weight && weight->defined() ? OptionalTensor(weight->to(dtype)) : weight;
+  // The class weights, and a chunk's target, in the kernels' dtype (they take one).
+  OptionalTensor kernel_weight() const {
+    return weight && weight->defined() ? OptionalTensor(weight->to(kernel_dtype())) : weight;
   }
-  Tensor target_rows(int64_t r, int64_t rows, at::ScalarType dtype) const {
+  Tensor kernel_target(int64_t r, int64_t rows) const {
     const auto t = target.narrow(0, r, rows);
-    return soft() ? t.to(dtype) : t;
+    return soft() ? t.to(kernel_dtype()) : t;
   }
   const Tensor* bias() const {
     return linear_bias && linear_bias->defined() ? &*linear_bias : nullptr;
@@ -279,11 +279,11 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
   }
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   const auto kernel_dtype = a.kernel_dtype(), acc = acc_dtype(input.scalar_type());
-  const auto w = a.weight_in(kernel_dtype);
+  const auto w = a.kernel_weight();
   if (reduction == kNone) {
     auto losses = at::empty({a.rows()}, input.options().dtype(acc));
     for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor&, const Tensor& z) {
-      const auto t = a.target_rows(r, rows, kernel_dtype);
+      const auto t = a.kernel_target(r, rows);
       losses.narrow(0, r, rows).copy_(std::get<0>(ce.call(z, t, w, kNone, ignore_index,
                                                           label_smoothing, lse_square_scale,
                                                           softcap)));
@@ -295,7 +295,7 @@ Tensor linear_cross_entropy(const Tensor& input, const Tensor& linear_weight,
   const auto& fused = op<kGradInForward, GradInForwardSig>();
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, const Tensor&, Tensor z) {
-    const auto t = a.target_rows(r, rows, kernel_dtype);
+    const auto t = a.kernel_target(r, rows);
     total.add_(acc == kernel_dtype
                    ? std::get<0>(ce.call(z, t, w, kSum, ignore_index, label_smoothing,
                                          lse_square_scale, softcap))
@@ -325,12 +325,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_grads(
   TORCH_CHECK(reduction != kNone, kName,
               ": gradients in the forward need reduction 'mean' or 'sum'");
   const auto& fused = op<kGradInForward, GradInForwardSig>();
-  const auto dtype = input.scalar_type(), kernel_dtype = a.kernel_dtype();
-  const auto w = a.weight_in(kernel_dtype);
+  const auto dtype = input.scalar_type();
+  const auto w = a.kernel_weight();
   Gradients grads(a, mask);
   auto total = at::zeros({}, input.options().dtype(at::kDouble));
   for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor logits, Tensor z) {
-    total.add_(fused.call(z, a.target_rows(r, rows, kernel_dtype), w, kSum, ignore_index,
+    total.add_(fused.call(z, a.kernel_target(r, rows), w, kSum, ignore_index,
                           label_smoothing, z, lse_square_scale, softcap));
     grads.add(a, r, rows, z.scalar_type() == dtype ? z : logits.copy_(z));
   });
@@ -359,12 +359,12 @@ std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
   check_upstream_grad(grad, reduction, a.rows());
   const auto& ce = op<kCrossEntropy, CrossEntropySig>();
   const auto& backward = op<kCrossEntropyBackward, CrossEntropyBackwardSig>();
-  const auto dtype = input.scalar_type(), kernel_dtype = a.kernel_dtype();
-  const auto w = a.weight_in(kernel_dtype);
+  const auto dtype = input.scalar_type();
+  const auto w = a.kernel_weight();
   Gradients grads(a, mask);
   const auto up = reduction == kNone ? grad.reshape({-1}) : grad.reshape({});
   for_each_chunk(a, [&](int64_t r, int64_t rows, Tensor logits, const Tensor& z) {
-    const auto t = a.target_rows(r, rows, kernel_dtype);
+    const auto t = a.kernel_target(r, rows);
     const auto lse = std::get<1>(ce.call(z, t, w, kNone, ignore_index, label_smoothing,
                                          lse_square_scale, softcap));
     const auto g = reduction == kNone ? up.narrow(0, r, rows) : up.expand({rows});

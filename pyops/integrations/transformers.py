@@ -29,10 +29,15 @@ IGNORE_INDEX = -100  # transformers' label for positions without a loss
 _LOGIT_TRANSFORMS = ("logit_scale", "output_multiplier", "logits_scaling", "lm_head_multiplier")
 
 
+def _text_config(config):
+    """The config of the language model: a multimodal model's text config, else config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def _check_logits_are_the_head(config):
     """Refuses a model whose config says its logits are more than its head's output, or whose
     text config (a multimodal model's) sets a softcap that some such models apply and some not."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     for where, c in (("config", config), ("config's text config", text)):
         for name in _LOGIT_TRANSFORMS:
             if getattr(c, name, None) not in (None, 1, 1.0):
@@ -50,7 +55,7 @@ def _aux_loss_coef(model):
     """What a mixture-of-experts model multiplies its router's auxiliary loss by before adding it
     to the loss of labels (router_aux_loss_coef; JetMoE's aux_loss_coef), or None."""
     config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     for owner, name in ((model, "router_aux_loss_coef"), (model, "aux_loss_coef"),
                         (config, "router_aux_loss_coef"), (text, "router_aux_loss_coef")):
         if getattr(owner, name, None) is not None:
